@@ -1,0 +1,223 @@
+"""IndexedDataset: samples with stable integer ids.
+
+An id names a sample for its whole life: in requests, the ledger, reports and partitions.
+``drop`` and ``select`` return new datasets that keep the ids; nothing is ever renumbered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from expunge.exceptions import DatasetError, InvalidRequestError, UnknownSampleError
+
+ArrayLike = Any  # numpy array, torch tensor or nested sequence
+
+
+def _as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu()
+    try:
+        array = np.asarray(values)
+    except Exception as err:  # pragma: no cover - numpy's own message is enough
+        raise DatasetError(f"{name} could not be converted to an array: {err}") from err
+    if array.dtype == object:
+        raise DatasetError(f"{name} must be numeric; got an array of Python objects.")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "ids") -> np.ndarray:
+    """Validate and convert ids to a 1-D int64 array, refusing anything that is not an integer.
+
+    Floats (even 3.0), booleans and strings are refused rather than coerced: an id that
+    arrives as a float usually means a bug upstream (for example a sampled fraction).
+    """
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    if isinstance(ids, (str, bytes)):
+        raise InvalidRequestError(f"{what} must be a sequence of integers; got the string {ids!r}.")
+    if isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
+        ids = [int(ids)]
+    if isinstance(ids, np.ndarray):
+        array = ids
+    else:
+        items = list(ids)
+        bad = [v for v in items if isinstance(v, (bool, np.bool_))
+               or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise InvalidRequestError(
+                f"{what} must be integers; got {bad[:5]!r}"
+                f"{' and more' if len(bad) > 5 else ''}. Pass sample ids as ints, e.g. [3, 17]."
+            )
+        array = np.asarray(items, dtype=np.int64)
+    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+        raise InvalidRequestError(
+            f"{what} must be integers; got an array of dtype {array.dtype}. "
+            "Pass sample ids as ints, e.g. [3, 17]."
+        )
+    if array.ndim != 1:
+        array = array.reshape(-1)
+    return array.astype(np.int64, copy=False)
+
+
+class IndexedDataset:
+    """Inputs ``X``, integer labels ``y`` and a stable int64 id per sample.
+
+    Args:
+        X: inputs, first dimension = samples (any trailing shape; stored as float32).
+        y: integer class labels in ``0..n_classes-1``.
+        ids: unique int64 ids; ``0..n-1`` when omitted.
+        n_classes: number of classes; inferred as ``max(y) + 1`` when omitted. Give it when
+            a subset may lack the last class, so that models keep their output size.
+
+    Example:
+        >>> ds = IndexedDataset([[0.0], [1.0], [2.0]], [0, 1, 1])
+        >>> ds.drop([1]).ids.tolist()
+        [0, 2]
+    """
+
+    __slots__ = ("X", "_id_to_position", "ids", "n_classes", "y")
+
+    def __init__(
+        self,
+        X: ArrayLike,
+        y: ArrayLike,
+        ids: ArrayLike | None = None,
+        *,
+        n_classes: int | None = None,
+    ) -> None:
+        X_t = _as_tensor(X, "X").to(torch.float32).contiguous()
+        y_t = _as_tensor(y, "y")
+        if y_t.ndim != 1:
+            raise DatasetError(f"y must be 1-D (one label per sample); got shape {tuple(y_t.shape)}.")
+        if y_t.is_floating_point() and not torch.equal(y_t, y_t.round()):
+            raise DatasetError("y must hold integer class labels; got non-integer values.")
+        y_t = y_t.to(torch.int64).contiguous()
+        if X_t.ndim == 0 or X_t.shape[0] != y_t.shape[0]:
+            raise DatasetError(
+                f"X and y must have the same number of samples; got X {tuple(X_t.shape)} "
+                f"and y {tuple(y_t.shape)}."
+            )
+        n = y_t.shape[0]
+        if ids is None:
+            ids_a = np.arange(n, dtype=np.int64)
+        else:
+            ids_a = as_id_array(ids if not isinstance(ids, torch.Tensor) else ids.numpy())
+            if ids_a.shape[0] != n:
+                raise DatasetError(f"ids has {ids_a.shape[0]} entries but there are {n} samples.")
+            if np.unique(ids_a).shape[0] != n:
+                values, counts = np.unique(ids_a, return_counts=True)
+                raise DatasetError(f"ids must be unique; repeated: {values[counts > 1][:5].tolist()}.")
+        if n and int(y_t.min()) < 0:
+            raise DatasetError(f"labels must be >= 0; got {int(y_t.min())}.")
+        inferred = int(y_t.max()) + 1 if n else 0
+        if n_classes is None:
+            n_classes = inferred
+        elif n_classes < inferred:
+            raise DatasetError(f"n_classes={n_classes} but y contains label {inferred - 1}.")
+        self.X: torch.Tensor = X_t
+        self.y: torch.Tensor = y_t
+        self.ids: np.ndarray = ids_a
+        self.ids.setflags(write=False)
+        self.n_classes: int = int(n_classes)
+        self._id_to_position: dict[int, int] | None = None
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"IndexedDataset(n={len(self)}, input_shape={self.input_shape}, "
+            f"n_classes={self.n_classes})"
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (without the sample dimension)."""
+        return tuple(self.X.shape[1:])
+
+    def positions(self, ids: ArrayLike) -> np.ndarray:
+        """Positions of ``ids`` in this dataset; raises :class:`UnknownSampleError` if absent."""
+        ids_a = as_id_array(ids)
+        if self._id_to_position is None:
+            self._id_to_position = {int(i): p for p, i in enumerate(self.ids.tolist())}
+        lookup = self._id_to_position
+        missing = [int(i) for i in ids_a.tolist() if int(i) not in lookup]
+        if missing:
+            raise UnknownSampleError(
+                f"Ids {missing[:10]}{' ...' if len(missing) > 10 else ''} are not in this "
+                f"dataset ({len(self)} samples, ids {self._id_range()})."
+            )
+        return np.fromiter((lookup[int(i)] for i in ids_a.tolist()), dtype=np.int64, count=len(ids_a))
+
+    def _id_range(self) -> str:
+        if len(self) == 0:
+            return "none"
+        return f"from {int(self.ids.min())} to {int(self.ids.max())}"
+
+    def contains(self, ids: ArrayLike) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are in this dataset."""
+        return np.isin(as_id_array(ids), self.ids)
+
+    # ------------------------------------------------------------ new datasets
+    def _subset(self, positions: np.ndarray) -> IndexedDataset:
+        pos_t = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        return IndexedDataset(
+            self.X[pos_t], self.y[pos_t], self.ids[positions], n_classes=self.n_classes
+        )
+
+    def drop(self, ids: ArrayLike) -> IndexedDataset:
+        """A new dataset without ``ids`` (each must be present); other ids are kept as they are."""
+        self.positions(ids)  # validates presence
+        keep = ~np.isin(self.ids, as_id_array(ids))
+        return self._subset(np.flatnonzero(keep))
+
+    def select(self, ids: ArrayLike) -> IndexedDataset:
+        """A new dataset with only ``ids``, in the order given."""
+        return self._subset(self.positions(ids))
+
+    def where(self, mask: ArrayLike) -> IndexedDataset:
+        """A new dataset with the samples where the boolean ``mask`` (by position) is true."""
+        mask_a = np.asarray(mask, dtype=bool)
+        if mask_a.shape != (len(self),):
+            raise DatasetError(f"mask must have shape ({len(self)},); got {mask_a.shape}.")
+        return self._subset(np.flatnonzero(mask_a))
+
+    def with_labels(self, y: ArrayLike) -> IndexedDataset:
+        """The same samples and ids with other labels (e.g. to plant label noise)."""
+        return IndexedDataset(self.X, y, self.ids, n_classes=self.n_classes)
+
+    def ids_of_class(self, label: int) -> np.ndarray:
+        """Ids of the samples labelled ``label``."""
+        return self.ids[(self.y == int(label)).numpy()]
+
+    # -------------------------------------------------------------- identity
+    def fingerprint(self) -> str:
+        """SHA-256 over ids, labels, inputs (with shapes and dtypes) and ``n_classes``."""
+        h = hashlib.sha256()
+        h.update(f"n_classes={self.n_classes};X{tuple(self.X.shape)}".encode())
+        h.update(np.ascontiguousarray(self.ids, dtype="<i8").tobytes())
+        h.update(self.y.numpy().astype("<i8").tobytes())
+        h.update(self.X.numpy().astype("<f4").tobytes())
+        return h.hexdigest()
+
+    def class_counts(self) -> list[int]:
+        """Samples per class, for classes ``0..n_classes-1``."""
+        return torch.bincount(self.y, minlength=self.n_classes).tolist()
+
+    @staticmethod
+    def concat(parts: Sequence[IndexedDataset]) -> IndexedDataset:
+        """Concatenate datasets with disjoint ids."""
+        if not parts:
+            raise DatasetError("concat needs at least one dataset.")
+        return IndexedDataset(
+            torch.cat([p.X for p in parts]),
+            torch.cat([p.y for p in parts]),
+            np.concatenate([p.ids for p in parts]),
+            n_classes=max(p.n_classes for p in parts),
+        )

@@ -1,0 +1,72 @@
+"""Every error and warning expunge raises.
+
+Each error also inherits from the builtin that ordinary code would catch (scikit-learn's
+pattern), so ``except ValueError`` keeps working. Messages name the bad value and the fix.
+Raising any of these leaves model, store and ledger exactly as they were.
+"""
+
+from __future__ import annotations
+
+
+class ExpungeError(Exception):
+    """Base class of every error expunge raises."""
+
+
+class InvalidParameterError(ExpungeError, ValueError, TypeError):
+    """A constructor or function argument has the wrong type or value."""
+
+
+class NotFittedError(ExpungeError, ValueError, AttributeError):
+    """A method that needs a fitted strategy was called before ``fit``."""
+
+
+class InvalidRequestError(ExpungeError, ValueError):
+    """A forget request is malformed: empty, duplicated ids, or ids that are not integers."""
+
+
+class UnknownSampleError(ExpungeError, LookupError):
+    """A requested id is not in the training set."""
+
+
+class AlreadyForgottenError(ExpungeError, ValueError):
+    """A requested id was forgotten by an earlier request."""
+
+
+class UnknownStrategyError(ExpungeError, ValueError):
+    """No strategy is registered under the given name."""
+
+
+class UnknownModelError(ExpungeError, ValueError):
+    """No reference model is registered under the given name."""
+
+
+class UnsupportedModelError(ExpungeError, ValueError):
+    """A model cannot be used with the data or strategy (wrong input shape, no parameters...)."""
+
+
+class DatasetError(ExpungeError, ValueError):
+    """A data file is missing, truncated or malformed, or arrays disagree in length."""
+
+
+class StoreError(ExpungeError, OSError):
+    """A store directory is missing, unreadable or not an expunge store."""
+
+
+class StoreMismatchError(ExpungeError, ValueError):
+    """A store was created with other parameters or data than the ones given now."""
+
+
+class LedgerIntegrityError(ExpungeError):
+    """The deletion ledger's hash chain does not verify: a row was edited, removed or moved."""
+
+
+class ExpungeWarning(UserWarning):
+    """Base class of every warning expunge emits."""
+
+
+class ApproximationWarning(ExpungeWarning):
+    """An approximate computation is unreliable (solver did not converge, curvature not PD)."""
+
+
+class NondeterminismWarning(ExpungeWarning):
+    """An exactness guarantee cannot hold bitwise in the current setting."""

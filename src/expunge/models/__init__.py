@@ -1,0 +1,12 @@
+"""Reference models and the name -> factory registry."""
+
+from expunge.models import _reference  # noqa: F401  (registers the reference models)
+from expunge.models._registry import (
+    ModelSpec,
+    available_models,
+    build_model,
+    register_model,
+    seeded_init,
+)
+
+__all__ = ["ModelSpec", "available_models", "build_model", "register_model", "seeded_init"]

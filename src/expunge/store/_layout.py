@@ -1,0 +1,48 @@
+"""The only code that knows file names inside a store directory.
+
+```
+STORE/
+  manifest.json            written once at creation; compared on every reopen
+  expunge.sqlite           committed state + the deletion ledger (one transaction per request)
+  blobs/<name>.safetensors content-addressed tensors: checkpoints, the retained training data
+```
+Blob names are ``/``-separated (``ckpt/sub-003/block-002-<key>``); they map to nested folders.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+DATABASE = "expunge.sqlite"
+BLOBS = "blobs"
+BLOB_SUFFIX = ".safetensors"
+TEMP_SUFFIX = ".tmp"
+
+_BLOB_NAME = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+
+
+def manifest_path(root: Path) -> Path:
+    return root / MANIFEST
+
+
+def database_path(root: Path) -> Path:
+    return root / DATABASE
+
+
+def blobs_dir(root: Path) -> Path:
+    return root / BLOBS
+
+
+def blob_path(root: Path, name: str) -> Path:
+    """Path of blob ``name``; refuses names that could escape the store."""
+    if not _BLOB_NAME.match(name) or ".." in name.split("/"):
+        raise ValueError(f"invalid blob name {name!r}")
+    return blobs_dir(root) / (name + BLOB_SUFFIX)
+
+
+def blob_name(root: Path, path: Path) -> str:
+    """Inverse of :func:`blob_path`."""
+    rel = path.relative_to(blobs_dir(root)).as_posix()
+    return rel[: -len(BLOB_SUFFIX)]

@@ -1,0 +1,552 @@
+"""UnlearningStrategy: the public verbs, shared by every strategy by construction.
+
+The base class owns everything that must behave the same for every strategy: parameter
+validation, request validation (errors change nothing), the store manifest, the retained
+training data, the commit of state + ledger row in one transaction, the purge, and the
+fingerprint. A subclass supplies three hooks that build a new :class:`FittedModel`
+without mutating anything live:
+
+* ``_fit(data, store, progress) -> FittedModel``
+* ``_forget(fitted, ids, retained, store, progress) -> (FittedModel, ForgetStats)``
+* ``_restore(state, store) -> FittedModel``
+
+The live model is swapped only after the commit, so an exception anywhere before it
+leaves the strategy, the store and the ledger exactly as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from expunge._progress import Progress
+from expunge._validation import Constraint, validate_params
+from expunge._version import __version__
+from expunge.data._dataset import IndexedDataset, as_id_array
+from expunge.exceptions import (
+    AlreadyForgottenError,
+    InvalidParameterError,
+    InvalidRequestError,
+    LedgerIntegrityError,
+    NotFittedError,
+    StoreMismatchError,
+    UnknownSampleError,
+)
+from expunge.store import Ledger, LedgerEntry, Store, open_store
+
+Guarantee = Literal["exact", "approximate"]
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ForgetStats:
+    """What a strategy's ``_forget`` did, before the base class records it."""
+
+    samples_retrained: int = 0
+    sample_passes: int = 0
+    submodels_retrained: tuple[int, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForgetReport:
+    """The outcome of one ``forget`` request, as recorded in the ledger.
+
+    Attributes:
+        request_id: the ledger's id for this request.
+        seq: its position in the ledger (1 = the fit).
+        ids: the forgotten sample ids.
+        seconds: wall-clock time of the whole request (validation to purge).
+        samples_retrained: distinct samples that were trained on again.
+        sample_passes: forward+backward passes spent retraining (samples x epochs,
+            summed over every retrained block); the cost unit of SISA and ARCANE.
+        submodels_retrained: which sub-models (shards, classes) were retrained.
+        purged: store entries deleted because they were computed from a forgotten id.
+        guarantee: ``"exact"`` or ``"approximate"``.
+        fingerprint_before / fingerprint_after: model fingerprints around the request.
+        details: strategy-specific facts (first retrained block per sub-model, PUMA's
+            solver residual and number of re-weighted samples, ...).
+    """
+
+    request_id: str
+    seq: int
+    ids: list[int]
+    seconds: float
+    samples_retrained: int
+    sample_passes: int
+    submodels_retrained: list[int]
+    purged: list[str]
+    guarantee: str
+    fingerprint_before: str
+    fingerprint_after: str
+    details: dict[str, Any]
+
+    @classmethod
+    def from_entry(cls, entry: LedgerEntry) -> ForgetReport:
+        return cls(
+            request_id=entry.request_id, seq=entry.seq, ids=list(entry.ids),
+            seconds=entry.seconds, samples_retrained=entry.samples_retrained,
+            sample_passes=entry.sample_passes,
+            submodels_retrained=list(entry.submodels_retrained), purged=list(entry.purged),
+            guarantee=entry.guarantee, fingerprint_before=entry.fingerprint_before or "",
+            fingerprint_after=entry.fingerprint_after, details=dict(entry.details),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class FittedModel(ABC):
+    """The in-memory, immutable result of fitting: what predicts and what is fingerprinted."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """JSON-able description of the committed state (blob names, counts...)."""
+
+    @abstractmethod
+    def live_blobs(self) -> set[str]:
+        """Store blobs this model needs; everything else in the store is garbage."""
+
+    @abstractmethod
+    def learned_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every learned tensor, in a fixed order (for :meth:`fingerprint`)."""
+
+    @abstractmethod
+    def predict_proba(self, X: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, shape ``(n, n_classes)``."""
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name, tensor in self.learned_tensors():
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- helpers
+def _jsonable_param(value: Any) -> Any:
+    """Params as recorded in the manifest; callables by qualified name."""
+    if callable(value) and not isinstance(value, type):
+        return {"callable": f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"}
+    if isinstance(value, tuple):
+        return [_jsonable_param(v) for v in value]
+    if isinstance(value, list):
+        return [_jsonable_param(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable_param(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return {"array_sha256": hashlib.sha256(value.tobytes()).hexdigest()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _as_inputs(X: Any) -> torch.Tensor:
+    if isinstance(X, IndexedDataset):
+        return X.X
+    if isinstance(X, torch.Tensor):
+        return X.detach().cpu().to(torch.float32)
+    return torch.as_tensor(np.asarray(X), dtype=torch.float32)
+
+
+DATA_BLOB_PREFIX = "data/train-"
+
+
+# --------------------------------------------------------------------------- the base
+class UnlearningStrategy(ABC):
+    """A model trained on an :class:`IndexedDataset` that can forget samples by id.
+
+    Subclasses set ``name``, ``guarantee``, ``summary`` and ``_parameter_constraints`` and
+    implement ``_fit``, ``_forget`` and ``_restore``. Constructor arguments are stored
+    as given (scikit-learn style); ``fit`` validates them.
+    """
+
+    name: ClassVar[str]
+    guarantee: ClassVar[Guarantee]
+    summary: ClassVar[str] = ""
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+    #: parameters that do not change what is computed (excluded from the manifest check)
+    _runtime_params: ClassVar[frozenset[str]] = frozenset({"store", "show_progress"})
+
+    store: str | Path | None
+    show_progress: bool
+
+    # -------------------------------------------------------------- parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        signature = inspect.signature(cls.__init__)
+        return [p.name for p in signature.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, as given."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def _recorded_params(self) -> dict[str, Any]:
+        return {k: _jsonable_param(v) for k, v in self.get_params().items()
+                if k not in self._runtime_params}
+
+    def _validate_params(self) -> None:
+        validate_params(self._parameter_constraints, self.get_params(), type(self).__name__)
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Cross-parameter checks; override and raise InvalidParameterError."""
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({shown})"
+
+    # ----------------------------------------------------------------- hooks
+    @abstractmethod
+    def _fit(self, data: IndexedDataset, store: Store, progress: Progress) -> FittedModel: ...
+
+    @abstractmethod
+    def _forget(
+        self, fitted: FittedModel, ids: np.ndarray, retained: IndexedDataset,
+        store: Store, progress: Progress,
+    ) -> tuple[FittedModel, ForgetStats]: ...
+
+    @abstractmethod
+    def _restore(self, state: dict[str, Any], store: Store) -> FittedModel: ...
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "fitted_", None) is not None
+
+    def _require_fitted(self, verb: str) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' before "
+                f"'{verb}'."
+            )
+
+    @property
+    def ledger(self) -> Ledger:
+        """The request history (read-only). Each entry is a :class:`LedgerEntry`."""
+        self._require_fitted("ledger")
+        return self.store_.ledger
+
+    @property
+    def training_data(self) -> IndexedDataset:
+        """The retained training data (the original data minus everything forgotten)."""
+        self._require_fitted("training_data")
+        return self.data_
+
+    @property
+    def forgotten_ids(self) -> np.ndarray:
+        """Every id forgotten so far, sorted."""
+        self._require_fitted("forgotten_ids")
+        return np.array(sorted(self._forgotten), dtype=np.int64)
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, dataset: IndexedDataset) -> UnlearningStrategy:
+        """Train on ``dataset`` and record the fit as the ledger's first entry.
+
+        With ``store=PATH`` everything is persisted there. Fitting again into an existing
+        store with the same parameters and data resumes (finished checkpoints are reused);
+        different parameters or data raise :class:`StoreMismatchError`.
+
+        Returns:
+            ``self``.
+        """
+        self._validate_params()
+        if not isinstance(dataset, IndexedDataset):
+            raise InvalidParameterError(
+                f"fit expects an IndexedDataset; got {type(dataset).__name__}. "
+                "Wrap arrays with expunge.data.IndexedDataset(X, y)."
+            )
+        if len(dataset) == 0:
+            raise InvalidParameterError("fit needs at least one sample; the dataset is empty.")
+        self._check_dataset(dataset)
+        store = open_store(self.store, create=True)
+        try:
+            self._prepare_store(store, dataset)
+            started = time.perf_counter()
+            progress = Progress(bool(self.show_progress))
+            data_blob = self._write_data(store, dataset)
+            with progress.running():
+                fitted = self._fit(dataset, store, progress)
+            state = {"data": data_blob, "model": fitted.state()}
+            live = fitted.live_blobs() | {data_blob}
+            purged = store.collect_garbage(live)
+            store.commit(state, {
+                "kind": "fit", "strategy": self.name, "guarantee": self.guarantee,
+                "ids": [], "fingerprint_before": None,
+                "fingerprint_after": fitted.fingerprint(),
+                "samples_retrained": len(dataset), "sample_passes": self._fit_passes(fitted),
+                "submodels_retrained": [], "seconds": time.perf_counter() - started,
+                "purged": purged,
+                "details": {"dataset_fingerprint": dataset.fingerprint(),
+                            "n_samples": len(dataset)},
+            })
+        except BaseException:
+            store.close()
+            raise
+        self._install(store, dataset, fitted, {})
+        return self
+
+    def _fit_passes(self, fitted: FittedModel) -> int:
+        return int(getattr(fitted, "sample_passes", 0))
+
+    def _check_dataset(self, dataset: IndexedDataset) -> None:
+        """Strategy-specific checks of the training data; override to refuse."""
+
+    def _install(self, store: Store, data: IndexedDataset, fitted: FittedModel,
+                 forgotten: dict[int, int]) -> None:
+        old = getattr(self, "store_", None)
+        if old is not None and old is not store:
+            old.close()
+        self.store_ = store
+        self.data_ = data
+        self.fitted_ = fitted
+        self._forgotten = forgotten
+
+    def _manifest(self, dataset: IndexedDataset) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "strategy": self.name,
+            "params": self._recorded_params(),
+            "dataset": {
+                "fingerprint": dataset.fingerprint(), "n_samples": len(dataset),
+                "n_classes": dataset.n_classes, "input_shape": list(dataset.input_shape),
+            },
+            "expunge_version": __version__,
+            "torch_version": torch.__version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
+        manifest = self._manifest(dataset)
+        existing = store.read_manifest()
+        if existing is None:
+            store.write_manifest(manifest)
+            return
+        where = store.location
+        if existing.get("strategy") != self.name:
+            raise StoreMismatchError(
+                f"The store {where!r} holds a {existing.get('strategy')!r} model, not "
+                f"{self.name!r}. Use a new store, or reopen it with expunge.open({where!r})."
+            )
+        for key, value in manifest["params"].items():
+            if existing["params"].get(key) != value:
+                raise StoreMismatchError(
+                    f"The store {where!r} was created with {key}={existing['params'].get(key)!r}, "
+                    f"but this {type(self).__name__} has {key}={value!r}. Use a new store, or "
+                    f"reopen it with expunge.open({where!r})."
+                )
+        if existing["dataset"]["fingerprint"] != manifest["dataset"]["fingerprint"]:
+            raise StoreMismatchError(
+                f"The store {where!r} was fitted on other data (fingerprint "
+                f"{existing['dataset']['fingerprint'][:12]}, now "
+                f"{manifest['dataset']['fingerprint'][:12]}). Use a new store."
+            )
+        if store.ledger.entries("forget"):
+            raise StoreMismatchError(
+                f"The store {where!r} has already forgotten samples; fitting again would bring "
+                f"them back. Reopen it with expunge.open({where!r}) to keep forgetting."
+            )
+
+    @staticmethod
+    def _write_data(store: Store, data: IndexedDataset) -> str:
+        name = DATA_BLOB_PREFIX + data.fingerprint()[:24]
+        store.write_blob(
+            name, {"X": data.X, "y": data.y, "ids": torch.from_numpy(np.array(data.ids))},
+            {"n_classes": str(data.n_classes)}, shared=True,
+        )
+        return name
+
+    @staticmethod
+    def _read_data(store: Store, name: str) -> IndexedDataset:
+        tensors, metadata = store.read_blob(name)
+        return IndexedDataset(tensors["X"], tensors["y"], tensors["ids"].numpy(),
+                              n_classes=int(metadata["n_classes"]))
+
+    # ---------------------------------------------------------------- forget
+    def _check_request(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        request = as_id_array(ids)
+        if request.size == 0:
+            raise InvalidRequestError("The request is empty: pass at least one sample id.")
+        values, counts = np.unique(request, return_counts=True)
+        if (counts > 1).any():
+            raise InvalidRequestError(
+                f"Ids {values[counts > 1][:10].tolist()} appear more than once in the request; "
+                "pass each id once."
+            )
+        already = [int(i) for i in request.tolist() if int(i) in self._forgotten]
+        if already:
+            by = sorted({self._forgotten[i] for i in already})
+            raise AlreadyForgottenError(
+                f"Ids {already[:10]} were already forgotten by request(s) "
+                f"{', '.join(f'#{s}' for s in by)}. Each id is forgotten once so the ledger has "
+                "one entry per deletion; drop them from this request."
+            )
+        present = self.data_.contains(request)
+        if not present.all():
+            missing = request[~present][:10].tolist()
+            raise UnknownSampleError(
+                f"Cannot forget ids {missing}: not in the training set "
+                f"({len(self.data_)} retained samples, ids {self.data_._id_range()})."
+            )
+        return np.sort(request)
+
+    def forget(
+        self, ids: Iterable[int] | np.ndarray | torch.Tensor, *, tag: str | None = None
+    ) -> ForgetReport:
+        """Remove the influence of the samples ``ids`` and record the request.
+
+        Args:
+            ids: sample ids (integers) to forget, each in the retained training data.
+            tag: optional free text stored with the ledger entry (a ticket number, say).
+
+        Returns:
+            A :class:`ForgetReport`. The request is in the ledger, and every store entry
+            computed from these ids is deleted, before this returns.
+
+        Raises:
+            NotFittedError, InvalidRequestError, UnknownSampleError, AlreadyForgottenError:
+                and nothing changes.
+        """
+        self._require_fitted("forget")
+        started = time.perf_counter()
+        request = self._check_request(ids)
+        store, old = self.store_, self.fitted_
+        retained = self.data_.drop(request)
+        progress = Progress(bool(self.show_progress))
+        before = old.fingerprint()
+        with progress.running():
+            fitted, stats = self._forget(old, request, retained, store, progress)
+        data_blob = self._write_data(store, retained)
+        live = fitted.live_blobs() | {data_blob}
+        purged = sorted(store.list_blobs() - live)
+        details = dict(stats.details)
+        if tag is not None:
+            details["tag"] = str(tag)
+        entry = store.commit({"data": data_blob, "model": fitted.state()}, {
+            "kind": "forget", "strategy": self.name, "guarantee": self._guarantee_now(),
+            "ids": request.tolist(), "fingerprint_before": before,
+            "fingerprint_after": fitted.fingerprint(),
+            "samples_retrained": stats.samples_retrained, "sample_passes": stats.sample_passes,
+            "submodels_retrained": list(stats.submodels_retrained),
+            "seconds": time.perf_counter() - started, "purged": purged, "details": details,
+        })
+        # the request has happened: swap the live model, then delete what it no longer needs
+        forgotten = dict(self._forgotten)
+        forgotten.update({int(i): entry.seq for i in request.tolist()})
+        self._install(store, retained, fitted, forgotten)
+        store.collect_garbage(live)
+        seconds = time.perf_counter() - started
+        report = ForgetReport.from_entry(entry)
+        return ForgetReport(**{**report.__dict__, "seconds": seconds})
+
+    def _guarantee_now(self) -> str:
+        """The guarantee recorded in the ledger (a subclass may weaken it by setting)."""
+        return self.guarantee
+
+    # --------------------------------------------------------------- predict
+    def predict_proba(self, X: Any) -> torch.Tensor:
+        """Class probabilities for inputs ``X`` (tensor, array or IndexedDataset)."""
+        self._require_fitted("predict_proba")
+        return self.fitted_.predict_proba(_as_inputs(X))
+
+    def predict(self, X: Any) -> torch.Tensor:
+        """Predicted class per input (ties go to the lowest class)."""
+        return self.predict_proba(X).argmax(dim=1)
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Accuracy on an IndexedDataset, or on inputs ``X`` with labels ``y``."""
+        if isinstance(X, IndexedDataset):
+            X, y = X.X, X.y
+        if y is None:
+            raise InvalidParameterError("score needs labels: pass an IndexedDataset or (X, y).")
+        labels = torch.as_tensor(np.asarray(y)).reshape(-1)
+        predictions = self.predict(X)
+        if labels.numel() == 0:
+            return float("nan")
+        return float((predictions == labels).double().mean())
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of every learned tensor, in a fixed order."""
+        self._require_fitted("fingerprint")
+        return self.fitted_.fingerprint()
+
+    def verify(self) -> int:
+        """Check the ledger chain and that its last entry describes the live model.
+
+        Returns the number of entries; raises :class:`LedgerIntegrityError` otherwise.
+        """
+        count = self.ledger.verify()
+        entries = self.ledger.entries()
+        if entries and entries[-1].fingerprint_after != self.fingerprint():
+            raise LedgerIntegrityError(
+                "The live model's fingerprint is not the one the ledger's last entry recorded: "
+                "the model changed outside expunge, or entries were removed."
+            )
+        return count
+
+    @property
+    def store_location(self) -> str:
+        self._require_fitted("store_location")
+        return self.store_.location
+
+    def close(self) -> None:
+        """Close the store's database connection."""
+        store = getattr(self, "store_", None)
+        if store is not None:
+            store.close()
+
+    # ------------------------------------------------------------------ open
+    @classmethod
+    def _from_store(cls, store: Store, manifest: dict[str, Any], overrides: dict[str, Any],
+                    location: str | Path) -> UnlearningStrategy:
+        params = dict(manifest["params"])
+        for key, value in list(params.items()):
+            if isinstance(value, dict) and "callable" in value and key not in overrides:
+                raise StoreMismatchError(
+                    f"The store {str(location)!r} was fitted with a custom {key} "
+                    f"({value['callable']}); pass it again: expunge.open({str(location)!r}, "
+                    f"{key}=...)."
+                )
+            if isinstance(value, list) and key in cls._tuple_params():
+                params[key] = tuple(value)
+        params.update(overrides)
+        params["store"] = location
+        known = set(cls._param_names())
+        strategy = cls(**{k: v for k, v in params.items() if k in known})
+        state = store.read_state()
+        if state is None:
+            raise StoreMismatchError(
+                f"The store {str(location)!r} has no committed fit (the fit was interrupted). "
+                "Fit again with the same parameters to resume."
+            )
+        data = cls._read_data(store, state["data"])
+        fitted = strategy._restore(state["model"], store)
+        store.collect_garbage(fitted.live_blobs() | {state["data"]})
+        strategy._install(store, data, fitted, store.ledger.forgotten())
+        return strategy
+
+    @classmethod
+    def _tuple_params(cls) -> frozenset[str]:
+        return frozenset({"model_params"})
+
+
+# convenient type for factories of strategies
+StrategyFactory = Callable[..., UnlearningStrategy]
+
+
+def params_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)

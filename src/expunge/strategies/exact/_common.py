@@ -1,0 +1,25 @@
+"""Parameter constraints shared by the exact strategies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from expunge._validation import Check, Constraint, Interval, Options
+
+TRAINING_CONSTRAINTS: dict[str, list[Constraint]] = {
+    "model": [str, Check(callable, "a callable returning an nn.Module")],
+    "model_params": [None, dict],
+    "epochs": [Interval(int, 1, None)],
+    "batch_size": [Interval(int, 1, None)],
+    "lr": [Interval(float, 0, None, closed="neither")],
+    "optimizer": [Options(("sgd", "adam"))],
+    "momentum": [Interval(float, 0, 1, closed="left")],
+    "weight_decay": [Interval(float, 0, None)],
+    "seed": [Interval(int, 0, 2**63 - 1)],
+    "store": [None, str, Check(lambda v: hasattr(v, "__fspath__"), "a path")],
+    "show_progress": [bool],
+}
+
+
+def training_params(**values: Any) -> dict[str, Any]:
+    return values

@@ -1,0 +1,328 @@
+"""Shared machinery of exact strategies: isolated sub-models trained in checkpointed blocks.
+
+A strategy describes *what* to train as a :class:`BlockPlan` per sub-model: the ids added
+at each block and the epochs spent there. This module does the rest, the same way for
+Retrain (1 sub-model, 1 block), SISA (shards x slices) and ARCANE (classes x blocks):
+
+* each block's checkpoint is named by a **chain key**,
+  ``key_b = sha256(key_{b-1} | b | epochs_b | mode | sorted ids of block b)``, with
+  ``key_{-1}`` derived from the strategy's parameters and the sub-model number. Equal keys
+  mean equal training histories, hence bit-for-bit equal checkpoints;
+* ``fit`` trains every block whose checkpoint is not in the store yet (so an interrupted fit
+  resumes), and **``forget`` is the same operation on the retained data**: every block whose
+  key did not change is reused, every sub-model is retrained from its first changed block,
+  and every checkpoint whose key is no longer live, i.e. that saw a forgotten id, is purged.
+
+History independence follows: ``fit(D).forget(F)`` runs exactly the computations of
+``fit(D.drop(F))`` for every block whose content changed, starting from checkpoints that
+``fit(D.drop(F))`` would also have produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from expunge._hashing import derive_key, sha256_ids
+from expunge._progress import Progress
+from expunge.data._dataset import IndexedDataset
+from expunge.models import build_model, seeded_init
+from expunge.store import Checkpoint, Store, pack, unpack
+from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
+from expunge.training import (
+    EpochKey,
+    TrainConfig,
+    batched_forward,
+    cross_entropy_loss,
+    make_optimizer,
+    train_epochs,
+)
+
+
+# --------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class BlockPlan:
+    """What one sub-model trains on: ids added per block, epochs per block.
+
+    With ``cumulative=True`` block ``b`` trains on blocks ``0..b`` (SISA's slicing);
+    otherwise on block ``b`` alone, starting from block ``b-1``'s state.
+    """
+
+    blocks: tuple[np.ndarray, ...]
+    epochs: tuple[int, ...]
+    cumulative: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.blocks) != len(self.epochs):
+            raise ValueError("blocks and epochs must have the same length")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+    def training_ids(self, block: int) -> np.ndarray:
+        """Ids trained on at ``block`` (sorted)."""
+        if self.cumulative:
+            return np.sort(np.concatenate(self.blocks[: block + 1]))
+        return np.sort(self.blocks[block])
+
+    def all_ids(self) -> np.ndarray:
+        return np.sort(np.concatenate(self.blocks)) if self.blocks else np.empty(0, np.int64)
+
+
+def chain_keys(context: str, submodel: int, plan: BlockPlan) -> list[str]:
+    """Content keys of each block's checkpoint (see the module docstring)."""
+    prev = hashlib.sha256(f"{context}|submodel={submodel}|init".encode()).hexdigest()
+    keys = []
+    for block, (ids, epochs) in enumerate(zip(plan.blocks, plan.epochs)):
+        prefix = f"{prev}|block={block}|epochs={epochs}|cumulative={plan.cumulative}|"
+        prev = sha256_ids(np.sort(ids), prefix=prefix)
+        keys.append(prev)
+    return keys
+
+
+def checkpoint_blob(submodel: int, block: int, key: str) -> str:
+    return f"ckpt/sub-{submodel:03d}/block-{block:03d}-{key[:32]}"
+
+
+# ------------------------------------------------------------------- fitted model
+@dataclass
+class Submodel:
+    """One trained sub-model: its final module, extras and the chain of block keys."""
+
+    index: int
+    keys: list[str]
+    module: nn.Module
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    n_trained: int = 0
+
+    @property
+    def blobs(self) -> list[str]:
+        return [checkpoint_blob(self.index, b, k) for b, k in enumerate(self.keys)]
+
+
+class ShardedModel(FittedModel):
+    """Sub-models plus the strategy that aggregates them."""
+
+    def __init__(self, strategy: ShardedStrategy, submodels: list[Submodel],
+                 sample_passes: int = 0) -> None:
+        self.strategy = strategy
+        self.submodels = submodels
+        self.sample_passes = sample_passes
+
+    def state(self) -> dict[str, Any]:
+        return {"submodels": [{"keys": s.keys, "n_trained": s.n_trained} for s in self.submodels]}
+
+    def live_blobs(self) -> set[str]:
+        return {blob for s in self.submodels for blob in s.blobs}
+
+    def learned_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for s in self.submodels:
+            for name, tensor in sorted(s.module.state_dict().items()):
+                yield f"{s.index}/model/{name}", tensor
+            for name, tensor in sorted(s.extras.items()):
+                yield f"{s.index}/extra/{name}", tensor
+
+    def predict_proba(self, X: torch.Tensor) -> torch.Tensor:
+        return self.strategy._aggregate(self.submodels, X)
+
+
+# --------------------------------------------------------------------------- engine
+class ShardedStrategy(UnlearningStrategy):
+    """Base of exact strategies built from isolated, block-checkpointed sub-models.
+
+    Subclasses implement :meth:`_plans`; they may override :meth:`_new_module`,
+    :meth:`_loss`, :meth:`_train_block`, :meth:`_finalize` and :meth:`_aggregate`.
+    """
+
+    guarantee = "exact"
+
+    # parameters every sharded strategy has (set by subclass constructors)
+    model: Any
+    model_params: dict[str, Any] | None
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    seed: int
+
+    # ---------------------------------------------------------------- hooks
+    @abstractmethod
+    def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
+        """One plan per sub-model for the (retained) ``data``; always the same length."""
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=float(self.lr),
+            optimizer=self.optimizer,  # type: ignore[arg-type]  # validated by constraints
+            momentum=float(self.momentum), weight_decay=float(self.weight_decay),
+        )
+
+    def _new_module(self, submodel: int, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+        """A freshly initialised module for ``submodel``; init keyed by (seed, submodel)."""
+        seed = derive_key(self.seed, "init", submodel) >> 1
+        return seeded_init(
+            seed, lambda: build_model(self.model, input_shape, n_classes, self.model_params)
+        )
+
+    def _make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer | None:
+        return make_optimizer(module, self.train_config())
+
+    def _loss(self, submodel: int, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(module, x, y)
+
+    def _train_block(
+        self, submodel: int, block: int, module: nn.Module,
+        optimizer: torch.optim.Optimizer | None, data: IndexedDataset, epochs: int,
+        progress: Progress, task: int | None,
+    ) -> None:
+        """Train ``module`` in place on ``data`` for ``epochs`` epochs (default: SGD/Adam)."""
+        assert optimizer is not None
+        keys = [EpochKey(int(self.seed), submodel, block, e) for e in range(epochs)]
+        train_epochs(
+            module, optimizer, data.X, data.y, data.ids, config=self.train_config(), keys=keys,
+            loss_fn=lambda m, x, y: self._loss(submodel, m, x, y),
+            on_epoch=lambda: progress.advance(task),
+        )
+
+    def _finalize(self, submodel: int, module: nn.Module, data: IndexedDataset) -> dict[str, torch.Tensor]:
+        """Extra learned tensors computed after the last block (e.g. calibration)."""
+        return {}
+
+    def _submodel_proba(self, submodel: Submodel, X: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(batched_forward(submodel.module, X), dim=1)
+
+    def _aggregate(self, submodels: Sequence[Submodel], X: torch.Tensor) -> torch.Tensor:
+        """Mean of the sub-models' softmax outputs over sub-models that saw data."""
+        active = [s for s in submodels if s.n_trained > 0] or list(submodels)
+        return torch.stack([self._submodel_proba(s, X) for s in active]).mean(dim=0)
+
+    # ------------------------------------------------------------ machinery
+    def _context(self, data: IndexedDataset) -> str:
+        recorded = json.dumps(self._recorded_params(), sort_keys=True, default=str)
+        text = f"{self.name}|{recorded}|classes={data.n_classes}|shape={data.input_shape}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _fit(self, data: IndexedDataset, store: Store, progress: Progress) -> ShardedModel:
+        model, _ = self._build(data, store, progress, previous=None)
+        return model
+
+    def _forget(
+        self, fitted: FittedModel, ids: np.ndarray, retained: IndexedDataset,
+        store: Store, progress: Progress,
+    ) -> tuple[ShardedModel, ForgetStats]:
+        assert isinstance(fitted, ShardedModel)
+        return self._build(retained, store, progress, previous=fitted)
+
+    def _build(
+        self, data: IndexedDataset, store: Store, progress: Progress,
+        previous: ShardedModel | None,
+    ) -> tuple[ShardedModel, ForgetStats]:
+        plans = self._plans(data)
+        context = self._context(data)
+        all_keys = [chain_keys(context, k, plan) for k, plan in enumerate(plans)]
+        starts = [self._first_missing(store, k, keys) for k, keys in enumerate(all_keys)]
+        total_epochs = sum(sum(plan.epochs[s:]) for plan, s in zip(plans, starts))
+        task = progress.task(
+            f"{type(self).__name__}: training {sum(s < p.n_blocks for p, s in zip(plans, starts))}"
+            f" of {len(plans)} sub-models", total_epochs,
+        )
+        submodels: list[Submodel] = []
+        passes = 0
+        distinct = 0
+        retrained: list[int] = []
+        from_block: dict[str, int] = {}
+        for k, (plan, keys, start) in enumerate(zip(plans, all_keys, starts)):
+            reusable = previous is not None and start == plan.n_blocks and \
+                k < len(previous.submodels) and previous.submodels[k].keys == keys
+            if reusable:
+                submodels.append(previous.submodels[k])  # type: ignore[union-attr]
+                continue
+            submodel, sub_passes = self._train_submodel(
+                k, plan, keys, start, data, store, progress, task
+            )
+            submodels.append(submodel)
+            if start < plan.n_blocks:
+                passes += sub_passes
+                distinct += len(np.unique(np.concatenate(
+                    [plan.training_ids(b) for b in range(start, plan.n_blocks)]
+                ))) if plan.n_blocks else 0
+                retrained.append(k)
+                from_block[str(k)] = start
+        stats = ForgetStats(
+            samples_retrained=distinct, sample_passes=passes,
+            submodels_retrained=tuple(retrained), details={"from_block": from_block},
+        )
+        return ShardedModel(self, submodels, sample_passes=passes), stats
+
+    @staticmethod
+    def _first_missing(store: Store, submodel: int, keys: list[str]) -> int:
+        """First block whose checkpoint is not in the store (``len(keys)`` if none)."""
+        for block, key in enumerate(keys):
+            if not store.has_blob(checkpoint_blob(submodel, block, key)):
+                return block
+        return len(keys)
+
+    def _train_submodel(
+        self, k: int, plan: BlockPlan, keys: list[str], start: int, data: IndexedDataset,
+        store: Store, progress: Progress, task: int | None,
+    ) -> tuple[Submodel, int]:
+        """Train blocks ``start..`` of sub-model ``k`` (resuming from block ``start-1``)."""
+        module = self._new_module(k, data.input_shape, data.n_classes)
+        optimizer = self._make_optimizer(module)
+        extras: dict[str, torch.Tensor] = {}
+        passes = 0
+        resume_from = min(start, plan.n_blocks) - 1  # last checkpoint that is still valid
+        if resume_from >= 0:
+            checkpoint = unpack(*store.read_blob(checkpoint_blob(k, resume_from, keys[resume_from])))
+            module.load_state_dict(checkpoint.model)
+            if optimizer is not None and checkpoint.optimizer is not None:
+                optimizer.load_state_dict(checkpoint.optimizer)
+            extras = checkpoint.extras
+        for block in range(start, plan.n_blocks):
+            ids = plan.training_ids(block)
+            self._train_block(k, block, module, optimizer, data.select(ids), plan.epochs[block],
+                              progress, task)
+            passes += len(ids) * plan.epochs[block]
+            last = block == plan.n_blocks - 1
+            extras = self._finalize(k, module, data.select(plan.all_ids())) if last else {}
+            checkpoint = Checkpoint(
+                model=module.state_dict(),
+                optimizer=optimizer.state_dict() if optimizer is not None else None,
+                extras=extras,
+                # everything this state was computed from (earlier blocks included)
+                ids_trained=np.unique(np.concatenate(plan.blocks[: block + 1])),
+                info={"submodel": k, "block": block, "key": keys[block],
+                      "epochs": plan.epochs[block], "n_trained": len(ids),
+                      "rng": "keyed: derive_key(seed, 'order'|'model-rng', submodel, block, epoch)"},
+            )
+            store.write_blob(checkpoint_blob(k, block, keys[block]), *pack(checkpoint))
+        module.eval()
+        return Submodel(k, keys, module, extras, n_trained=len(plan.all_ids())), passes
+
+    def _restore(self, state: dict[str, Any], store: Store) -> ShardedModel:
+        manifest = store.read_manifest() or {}
+        shape = tuple(manifest.get("dataset", {}).get("input_shape", ()))
+        n_classes = int(manifest.get("dataset", {}).get("n_classes", 0))
+        submodels = []
+        for k, entry in enumerate(state["submodels"]):
+            keys = list(entry["keys"])
+            module = self._new_module(k, shape, n_classes)
+            extras: dict[str, torch.Tensor] = {}
+            if keys:
+                checkpoint = unpack(*store.read_blob(checkpoint_blob(k, len(keys) - 1, keys[-1])))
+                module.load_state_dict(checkpoint.model)
+                extras = checkpoint.extras
+            module.eval()
+            submodels.append(Submodel(k, keys, module, extras, int(entry["n_trained"])))
+        return ShardedModel(self, submodels)

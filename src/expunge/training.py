@@ -1,0 +1,168 @@
+"""The one deterministic training loop used by every strategy.
+
+Determinism contract (what makes exact unlearning testable bitwise on CPU):
+
+* the order of samples in an epoch is ``keyed_order(key(seed, submodel, block, epoch), ids)``:
+  a function of the *set* of ids being trained on, never of positions or of earlier draws;
+* the minibatches are consecutive runs of ``batch_size`` in that order (the last one may be
+  short), so removing an id shifts later batches exactly as training without it would;
+* any randomness inside the model (dropout) draws from torch's generator re-seeded per
+  ``(seed, submodel, block, epoch)`` inside ``torch.random.fork_rng``, so it neither depends
+  on nor disturbs anything outside the epoch;
+* optimizer state (momentum, Adam moments) is carried in checkpoints; the learning rate is
+  constant, so it is a function of nothing at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from expunge._hashing import derive_key, keyed_order
+from expunge.exceptions import InvalidParameterError
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one sub-model is trained.
+
+    Args:
+        epochs: passes over the data (for sliced/blocked training: the budget of an
+            unsliced run, spread over blocks by :func:`epoch_schedule`).
+        batch_size: samples per gradient step.
+        lr: learning rate (constant).
+        optimizer: ``"sgd"`` or ``"adam"``.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: L2 penalty added by the optimizer.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise InvalidParameterError(f"epochs must be an int >= 1; got {self.epochs!r}.")
+        if (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                or self.batch_size < 1):
+            raise InvalidParameterError(f"batch_size must be an int >= 1; got {self.batch_size!r}.")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise InvalidParameterError(f"lr must be a number > 0; got {self.lr!r}.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise InvalidParameterError(
+                f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}."
+            )
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise InvalidParameterError(f"momentum must be in [0, 1); got {self.momentum!r}.")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise InvalidParameterError(f"weight_decay must be >= 0; got {self.weight_decay!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def epoch_schedule(epochs: int, n_blocks: int) -> list[int]:
+    """Epochs per cumulative block, SISA's schedule (``sisa.py``, ALGORITHMS.md section 3(b)).
+
+    With ``ē = 2e/(B+1)``, block ``r`` (0-based) gets ``⌊(r+1)ē⌋ − ⌊rē⌋`` epochs. Block r
+    trains on ``(r+1)/B`` of the data, so the total cost is about ``e`` full-data epochs
+    whatever ``B`` is. Computed in integers so that no float rounding can differ by platform.
+    """
+    # floor((r+1) * 2e / (B+1)) in exact integer arithmetic
+    return [((r + 1) * 2 * epochs) // (n_blocks + 1) - (r * 2 * epochs) // (n_blocks + 1)
+            for r in range(n_blocks)]
+
+
+def cross_entropy_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``module(x)`` (logits) against labels ``y``."""
+    return F.cross_entropy(module(x), y)
+
+
+def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer named by ``config``, over the module's trainable parameters."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+@dataclass(frozen=True)
+class EpochKey:
+    """Everything an epoch's randomness is keyed by."""
+
+    seed: int
+    submodel: int
+    block: int
+    epoch: int
+
+    def order_key(self) -> int:
+        return derive_key(self.seed, "order", self.submodel, self.block, self.epoch)
+
+    def model_rng_seed(self) -> int:
+        return derive_key(self.seed, "model-rng", self.submodel, self.block, self.epoch) >> 1
+
+
+def train_epochs(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    ids: np.ndarray,
+    *,
+    config: TrainConfig,
+    keys: list[EpochKey],
+    loss_fn: LossFn = cross_entropy_loss,
+    on_epoch: Callable[[], None] | None = None,
+) -> int:
+    """Train ``module`` in place for ``len(keys)`` epochs on ``(X, y)`` with sample ``ids``.
+
+    Returns the number of gradient steps taken. With no samples, nothing happens.
+    Cost: ``len(keys) * len(ids)`` sample-passes (forward + backward).
+    """
+    n = len(ids)
+    steps = 0
+    if n == 0:
+        return 0
+    module.train()
+    for key in keys:
+        order = torch.from_numpy(keyed_order(key.order_key(), ids))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(key.model_rng_seed())
+            for start in range(0, n, config.batch_size):
+                batch = order[start : start + config.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(module, X[batch], y[batch])
+                loss.backward()
+                optimizer.step()
+                steps += 1
+        if on_epoch is not None:
+            on_epoch()
+    module.eval()
+    return steps
+
+
+@torch.no_grad()
+def batched_forward(
+    module: nn.Module, X: torch.Tensor, batch_size: int = 4096
+) -> torch.Tensor:
+    """``module(X)`` in eval mode, in chunks to bound memory."""
+    was_training = module.training
+    module.eval()
+    outs = [module(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    module.train(was_training)
+    if not outs:
+        return torch.empty(0)
+    return torch.cat(outs)
