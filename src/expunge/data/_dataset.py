@@ -93,7 +93,9 @@ class IndexedDataset:
         X_t = _as_tensor(X, "X").to(torch.float32).contiguous()
         y_t = _as_tensor(y, "y")
         if y_t.ndim != 1:
-            raise DatasetError(f"y must be 1-D (one label per sample); got shape {tuple(y_t.shape)}.")
+            raise DatasetError(
+                f"y must be 1-D (one label per sample); got shape {tuple(y_t.shape)}."
+            )
         if y_t.is_floating_point() and not torch.equal(y_t, y_t.round()):
             raise DatasetError("y must hold integer class labels; got non-integer values.")
         y_t = y_t.to(torch.int64).contiguous()
@@ -111,7 +113,8 @@ class IndexedDataset:
                 raise DatasetError(f"ids has {ids_a.shape[0]} entries but there are {n} samples.")
             if np.unique(ids_a).shape[0] != n:
                 values, counts = np.unique(ids_a, return_counts=True)
-                raise DatasetError(f"ids must be unique; repeated: {values[counts > 1][:5].tolist()}.")
+                repeated = values[counts > 1][:5].tolist()
+                raise DatasetError(f"ids must be unique; repeated: {repeated}.")
         if n and int(y_t.min()) < 0:
             raise DatasetError(f"labels must be >= 0; got {int(y_t.min())}.")
         inferred = int(y_t.max()) + 1 if n else 0
@@ -153,7 +156,9 @@ class IndexedDataset:
                 f"Ids {missing[:10]}{' ...' if len(missing) > 10 else ''} are not in this "
                 f"dataset ({len(self)} samples, ids {self._id_range()})."
             )
-        return np.fromiter((lookup[int(i)] for i in ids_a.tolist()), dtype=np.int64, count=len(ids_a))
+        return np.fromiter(
+            (lookup[int(i)] for i in ids_a.tolist()), dtype=np.int64, count=len(ids_a)
+        )
 
     def _id_range(self) -> str:
         if len(self) == 0:

@@ -163,6 +163,9 @@ def _as_inputs(X: Any) -> torch.Tensor:
 
 
 DATA_BLOB_PREFIX = "data/train-"
+#: blobs under this prefix are caches (e.g. the evaluation's retrained reference): reopening
+#: keeps them, but every ``forget`` purges them all, since they may carry the forgotten ids
+CACHE_PREFIX = "cache/"
 
 
 # --------------------------------------------------------------------------- the base
@@ -185,6 +188,11 @@ class UnlearningStrategy(ABC):
     show_progress: bool
 
     # -------------------------------------------------------------- parameters
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        """Small, fast parameters for the shared contract tests (sklearn's _get_test_params)."""
+        return {}
+
     @classmethod
     def _param_names(cls) -> list[str]:
         signature = inspect.signature(cls.__init__)
@@ -535,7 +543,8 @@ class UnlearningStrategy(ABC):
             )
         data = cls._read_data(store, state["data"])
         fitted = strategy._restore(state["model"], store)
-        store.collect_garbage(fitted.live_blobs() | {state["data"]})
+        live = fitted.live_blobs() | {state["data"]}
+        store.collect_garbage(live | {b for b in store.list_blobs() if b.startswith(CACHE_PREFIX)})
         strategy._install(store, data, fitted, store.ledger.forgotten())
         return strategy
 

@@ -18,7 +18,13 @@ TRAINING_CONSTRAINTS: dict[str, list[Constraint]] = {
     "seed": [Interval(int, 0, 2**63 - 1)],
     "store": [None, str, Check(lambda v: hasattr(v, "__fspath__"), "a path")],
     "show_progress": [bool],
+    "executor": [Options(("serial", "process", "ray"))],
+    "n_jobs": [None, Interval(int, 1, None)],
+    "ray_address": [None, str],
 }
+
+#: parameters that choose *where* sub-models train, never *what* they compute
+EXECUTOR_PARAMS = frozenset({"executor", "n_jobs", "ray_address"})
 
 
 def training_params(**values: Any) -> dict[str, Any]:

@@ -31,6 +31,11 @@ class Retrain(ShardedStrategy):
         seed: the one seed all randomness derives from.
         store: a directory to persist into, or ``None`` to keep everything in memory.
         show_progress: show progress bars.
+        executor: where independent sub-models train: ``"serial"`` (default), ``"process"``
+            (a local process pool of ``n_jobs`` workers) or ``"ray"`` (a Ray cluster at
+            ``ray_address``, or a local one). The result is bit-for-bit the same.
+        n_jobs: worker count for ``"process"``/``"ray"`` (default: CPU count).
+        ray_address: address of an existing Ray cluster (``None`` starts a local one).
     """
 
     name = "retrain"
@@ -51,6 +56,9 @@ class Retrain(ShardedStrategy):
         seed: int = 0,
         store: str | Path | None = None,
         show_progress: bool = False,
+        executor: str = "serial",
+        n_jobs: int | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.model = model
         self.model_params = model_params
@@ -63,6 +71,13 @@ class Retrain(ShardedStrategy):
         self.seed = seed
         self.store = store
         self.show_progress = show_progress
+        self.executor = executor
+        self.n_jobs = n_jobs
+        self.ray_address = ray_address
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"model": "logreg", "epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9}
 
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
         return [BlockPlan(blocks=(np.sort(data.ids),), epochs=(self.epochs,))]

@@ -37,6 +37,7 @@ from expunge.data._dataset import IndexedDataset
 from expunge.models import build_model, seeded_init
 from expunge.store import Checkpoint, Store, pack, unpack
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
+from expunge.strategies.exact._common import EXECUTOR_PARAMS
 from expunge.training import (
     EpochKey,
     TrainConfig,
@@ -144,6 +145,7 @@ class ShardedStrategy(UnlearningStrategy):
     """
 
     guarantee = "exact"
+    _runtime_params = UnlearningStrategy._runtime_params | EXECUTOR_PARAMS
 
     # parameters every sharded strategy has (set by subclass constructors)
     model: Any

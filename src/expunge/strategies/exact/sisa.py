@@ -54,7 +54,7 @@ class SISA(ShardedStrategy):
 
     Args:
         model, model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay,
-            seed, store, show_progress: as for :class:`Retrain`; ``epochs`` is the budget
+            seed, store, show_progress, executor, n_jobs, ray_address: as for :class:`Retrain`; ``epochs`` is the budget
             of an unsliced shard.
         n_shards: S, the number of isolated shard models.
         n_slices: R, checkpointed slices per shard.
@@ -91,6 +91,9 @@ class SISA(ShardedStrategy):
         seed: int = 0,
         store: str | Path | None = None,
         show_progress: bool = False,
+        executor: str = "serial",
+        n_jobs: int | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.model = model
         self.n_shards = n_shards
@@ -106,6 +109,9 @@ class SISA(ShardedStrategy):
         self.seed = seed
         self.store = store
         self.show_progress = show_progress
+        self.executor = executor
+        self.n_jobs = n_jobs
+        self.ray_address = ray_address
 
     def _check_params(self) -> None:
         if self.n_slices > self.epochs * 2:
@@ -116,6 +122,11 @@ class SISA(ShardedStrategy):
                     f"n_slices={self.n_slices} with epochs={self.epochs} leaves some slices with "
                     f"0 epochs (schedule {schedule}); use n_slices <= {2 * self.epochs}."
                 )
+
+    @classmethod
+    def _test_params(cls) -> dict[str, Any]:
+        return {"model": "logreg", "n_shards": 3, "n_slices": 2, "epochs": 2, "batch_size": 16,
+                "lr": 0.1, "momentum": 0.9}
 
     def partition(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard, slice) of each id: see :func:`sisa_partition`."""
@@ -139,7 +150,8 @@ class SISA(ShardedStrategy):
         votes = None
         for s in active:
             proba = self._submodel_proba(s, X)
-            one_hot = torch.nn.functional.one_hot(proba.argmax(dim=1), proba.shape[1]).to(proba.dtype)
+            winner = proba.argmax(dim=1)
+            one_hot = torch.nn.functional.one_hot(winner, proba.shape[1]).to(proba.dtype)
             votes = one_hot if votes is None else votes + one_hot
         assert votes is not None
         return votes / len(active)

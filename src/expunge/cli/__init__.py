@@ -1,0 +1,76 @@
+"""The ``expunge`` console script: a thin layer over the public API.
+
+Each subcommand is a module in :mod:`expunge.cli.commands` that defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; they are discovered here. Errors that
+expunge raises print one line to stderr and exit with code 2 (``--debug`` re-raises them
+with the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from expunge._version import __version__
+from expunge.exceptions import ExpungeError
+
+EXIT_USAGE = 2
+
+
+def _commands() -> list[ModuleType]:
+    from expunge.cli import commands
+
+    modules = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            modules.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars and no informational output")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog="expunge", parents=[common],
+        description="Machine unlearning for PyTorch: fit, forget, evaluate, audit.",
+    )
+    parser.add_argument("--version", action="version", version=f"expunge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _commands():
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                                 parents=[common])
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    args.quiet = bool(getattr(args, "quiet", False))
+    args.debug = bool(getattr(args, "debug", False))
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args._run(args) or 0)
+    except ExpungeError as err:
+        if args.debug:
+            raise
+        print(f"expunge: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("expunge: interrupted; the store is at its last committed state", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

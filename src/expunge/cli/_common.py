@@ -1,0 +1,139 @@
+"""Helpers shared by CLI commands: consoles, id lists, strategy parameters as flags."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from expunge.data import as_id_array
+from expunge.exceptions import InvalidParameterError, InvalidRequestError
+from expunge.strategies import available_strategies, get_strategy
+from expunge.strategies.base import UnlearningStrategy
+
+#: constructor parameters set by other flags, never by ``--<param>``
+_NOT_FLAGS = frozenset({"store", "show_progress"})
+
+
+def console(args: argparse.Namespace) -> Console:
+    return Console(quiet=bool(getattr(args, "quiet", False)), highlight=False)
+
+
+def parse_ids(text: str | None, path: str | None) -> np.ndarray:
+    """Ids from ``--ids 1,2,3`` or ``--ids-file`` (whitespace/comma separated)."""
+    if (text is None) == (path is None):
+        raise InvalidRequestError("Give exactly one of --ids or --ids-file.")
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise InvalidRequestError(f"Cannot read --ids-file {path!r}: {err.strerror}.") from err
+    tokens = [t for t in (text or "").replace(",", " ").split() if t]
+    values: list[int] = []
+    for token in tokens:
+        try:
+            values.append(int(token))
+        except ValueError:
+            raise InvalidRequestError(
+                f"{token!r} is not an integer id. Pass ids like --ids 17,4242."
+            ) from None
+    return as_id_array(values)
+
+
+def _flag_type(annotation: Any, default: Any) -> Any:
+    """The argparse type for a constructor parameter, from its default or annotation."""
+    if isinstance(default, bool):
+        return bool
+    for kind in (int, float, str):
+        if isinstance(default, kind):
+            return kind
+    text = str(annotation)
+    for name, kind in (("int", int), ("float", float), ("str", str)):
+        if name in text and "Callable" not in text and "dict" not in text:
+            return kind
+    return None
+
+
+def strategy_flags() -> dict[str, tuple[Any, set[str]]]:
+    """Every simple constructor parameter of every strategy: name -> (type, strategies)."""
+    flags: dict[str, tuple[Any, set[str]]] = {}
+    for name in available_strategies():
+        cls = get_strategy(name)
+        hints = typing.get_type_hints(cls.__init__) if cls.__init__ else {}
+        for param in inspect.signature(cls.__init__).parameters.values():
+            if param.name in ("self", *_NOT_FLAGS) or param.kind is param.VAR_KEYWORD:
+                continue
+            if param.name == "model_params":
+                kind: Any = "json"
+            else:
+                kind = _flag_type(hints.get(param.name, param.annotation), param.default)
+            if kind is None:
+                continue
+            entry = flags.setdefault(param.name, (kind, set()))
+            entry[1].add(name)
+    return flags
+
+
+def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "strategy parameters", "the constructor parameters, one flag each (n_shards <-> "
+        "--n-shards); each applies to the strategies named in its help"
+    )
+    for name, (kind, owners) in sorted(strategy_flags().items()):
+        flag = "--" + name.replace("_", "-")
+        owners_text = ", ".join(sorted(owners))
+        if kind is bool:
+            group.add_argument(flag, dest=f"param_{name}", action=argparse.BooleanOptionalAction,
+                               default=None, help=f"({owners_text})")
+        elif kind == "json":
+            group.add_argument(flag, dest=f"param_{name}", default=None, metavar="JSON",
+                               help=f'model options as JSON, e.g. \'{{"hidden_sizes": [256]}}\' '
+                                    f"({owners_text})")
+        else:
+            group.add_argument(flag, dest=f"param_{name}", type=kind, default=None,
+                               help=f"({owners_text})")
+    parser.add_argument("--config", help="TOML file of constructor parameters (flags override)")
+
+
+def strategy_params(args: argparse.Namespace, strategy: str) -> dict[str, Any]:
+    """Constructor parameters from ``--config`` and flags, checked against the strategy."""
+    cls: type[UnlearningStrategy] = get_strategy(strategy)
+    valid = [p for p in cls._param_names() if p not in _NOT_FLAGS]
+    params: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        try:
+            params.update(tomllib.loads(Path(args.config).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise InvalidParameterError(f"Cannot read --config {args.config!r}: {err}") from err
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise InvalidParameterError(
+                f"--config {args.config!r} has keys {unknown} that {cls.__name__} does not take. "
+                f"Valid keys: {', '.join(valid)}."
+            )
+    for key, value in vars(args).items():
+        if not key.startswith("param_") or value is None:
+            continue
+        name = key[len("param_"):]
+        if name not in valid:
+            raise InvalidParameterError(
+                f"--{name.replace('_', '-')} does not apply to {strategy!r}. "
+                f"Its parameters: {', '.join('--' + v.replace('_', '-') for v in valid)}."
+            )
+        if name == "model_params":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise InvalidParameterError(
+                    f"--model-params must be JSON, e.g. '{{\"hidden_sizes\": [256]}}'; got "
+                    f"{value!r} ({err.msg})."
+                ) from err
+        params[name] = value
+    return params

@@ -1,0 +1,181 @@
+"""Store: atomic writes, crash safety at every step of a request, manifest checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import expunge
+from expunge.exceptions import StoreError, StoreMismatchError
+from expunge.store._atomic import atomic_write, atomic_write_bytes
+from expunge.store._layout import blob_path
+
+PARAMS = dict(model="logreg", n_shards=3, n_slices=3, epochs=3, batch_size=16, lr=0.1,
+              momentum=0.9, seed=0)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after(n: int, action: str):
+    calls = {"n": 0}
+
+    def hook(kind: str, name: str) -> None:
+        if kind == action:
+            calls["n"] += 1
+            if calls["n"] > n:
+                raise Crash(f"simulated crash at {kind} {name}")
+
+    return hook
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def failing(tmp):
+        tmp.write_bytes(b"half")
+        raise Crash("disk full")
+
+    with pytest.raises(Crash):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]  # no temp file left
+
+
+@pytest.mark.parametrize("writes_before_crash", [0, 1, 3])
+def test_crash_before_commit_leaves_previous_state(small_digits, tmp_path, writes_before_crash):
+    path = tmp_path / "s"
+    sisa = expunge.SISA(**PARAMS, store=path).fit(small_digits)
+    request = [int(i) for i in small_digits.ids[:6]]  # several shards, early slices
+    before = (sisa.fingerprint(), len(sisa.ledger), sorted(sisa.store_.list_blobs()))
+    sisa.store_.write_hook = crash_after(writes_before_crash, "write")
+    with pytest.raises(Crash):
+        sisa.forget(request)
+    sisa.store_.write_hook = None
+    # in memory: unchanged
+    assert (sisa.fingerprint(), len(sisa.ledger)) == before[:2]
+    sisa.close()
+    # on disk: reopens at the previous state; orphaned new checkpoints are collected
+    reopened = expunge.open(path)
+    assert reopened.fingerprint() == before[0]
+    assert len(reopened.ledger) == before[1]
+    assert sorted(reopened.store_.list_blobs()) == before[2]
+    assert not list(path.rglob("*.tmp"))
+    reopened.forget(request)
+    twin = expunge.SISA(**PARAMS).fit(small_digits.drop(request))
+    assert reopened.fingerprint() == twin.fingerprint()
+    reopened.close()
+
+
+def test_crash_during_purge_is_finished_on_reopen(small_digits, tmp_path):
+    path = tmp_path / "s"
+    sisa = expunge.SISA(**PARAMS, store=path).fit(small_digits)
+    request = [int(small_digits.ids[0])]
+    sisa.store_.write_hook = crash_after(0, "delete")
+    with pytest.raises(Crash):
+        sisa.forget(request)  # committed, then crashed while deleting stale checkpoints
+    sisa.store_.write_hook = None
+    sisa.close()
+    reopened = expunge.open(path)
+    twin = expunge.SISA(**PARAMS).fit(small_digits.drop(request))
+    assert reopened.fingerprint() == twin.fingerprint()
+    entry = reopened.ledger.entries()[-1]
+    assert entry.kind == "forget" and entry.ids == request
+    # everything the entry lists as purged is gone now
+    assert not set(entry.purged) & reopened.store_.list_blobs()
+    assert reopened.verify() == 2
+    reopened.close()
+
+
+def test_interrupted_fit_resumes_and_reuses_checkpoints(small_digits, tmp_path):
+    path = tmp_path / "s"
+    sisa = expunge.SISA(**PARAMS, store=path)
+    original = expunge.store._store.DirectoryStore.write_blob
+    written: list[str] = []
+
+    def flaky(self, name, tensors, metadata=None, *, shared=False):
+        if len(written) == 4:
+            raise Crash("power cut")
+        written.append(name)
+        return original(self, name, tensors, metadata, shared=shared)
+
+    expunge.store._store.DirectoryStore.write_blob = flaky
+    try:
+        with pytest.raises(Crash):
+            sisa.fit(small_digits)
+    finally:
+        expunge.store._store.DirectoryStore.write_blob = original
+    with pytest.raises(StoreMismatchError, match="no committed fit"):
+        expunge.open(path)
+    resumed = expunge.SISA(**PARAMS, store=path).fit(small_digits)
+    assert resumed.fingerprint() == expunge.SISA(**PARAMS).fit(small_digits).fingerprint()
+    assert len(resumed.ledger) == 1
+
+
+def test_manifest_records_params_and_versions(small_digits, tmp_path):
+    expunge.SISA(**PARAMS, store=tmp_path / "s").fit(small_digits).close()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["strategy"] == "sisa" and manifest["params"]["n_shards"] == 3
+    assert manifest["dataset"]["n_samples"] == len(small_digits)
+    assert {"expunge_version", "torch_version", "format_version"} <= set(manifest)
+    assert "store" not in manifest["params"]
+
+
+def test_open_refuses_non_stores_and_other_format_versions(tmp_path, small_digits):
+    with pytest.raises(StoreError, match="not an expunge store"):
+        expunge.open(tmp_path)
+    expunge.Retrain(**{k: v for k, v in PARAMS.items() if k not in ("n_shards", "n_slices")},
+                    store=tmp_path / "r").fit(small_digits).close()
+    manifest_file = tmp_path / "r" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["format_version"] = 99
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(StoreMismatchError, match="format version 99"):
+        expunge.open(tmp_path / "r")
+
+
+def test_refit_after_forget_is_refused(small_digits, tmp_path):
+    sisa = expunge.SISA(**PARAMS, store=tmp_path / "s").fit(small_digits)
+    sisa.forget([int(small_digits.ids[0])])
+    sisa.close()
+    with pytest.raises(StoreMismatchError, match="already forgotten samples"):
+        expunge.SISA(**PARAMS, store=tmp_path / "s").fit(small_digits)
+
+
+def test_custom_model_callable_must_be_passed_again(small_digits, tmp_path):
+    import torch.nn as nn
+
+    def tiny(input_shape, n_classes):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes))
+
+    params = {k: v for k, v in PARAMS.items() if k not in ("n_shards", "n_slices", "model")}
+    fitted = expunge.Retrain(tiny, **params, store=tmp_path / "r").fit(small_digits)
+    fingerprint = fitted.fingerprint()
+    fitted.close()
+    with pytest.raises(StoreMismatchError, match="custom model.*expunge.open"):
+        expunge.open(tmp_path / "r")
+    assert expunge.open(tmp_path / "r", model=tiny).fingerprint() == fingerprint
+
+
+def test_blob_names_cannot_escape_the_store(tmp_path):
+    with pytest.raises(ValueError):
+        blob_path(tmp_path, "../outside")
+    with pytest.raises(ValueError):
+        blob_path(tmp_path, "/etc/passwd")
+
+
+def test_memory_store_checkpoints_are_isolated_from_training(small_digits):
+    """Reading a checkpoint must not alias it: later training would corrupt the store."""
+    sisa = expunge.SISA(**PARAMS).fit(small_digits)
+    store = sisa.store_
+    name = sorted(b for b in store.list_blobs() if b.startswith("ckpt/"))[0]
+    tensors, _ = store.read_blob(name)
+    for t in tensors.values():
+        t.add_(1) if t.is_floating_point() else None
+    again, _ = store.read_blob(name)
+    assert not all(np.array_equal(again[k].numpy(), tensors[k].numpy()) for k in tensors
+                   if tensors[k].is_floating_point())

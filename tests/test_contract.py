@@ -1,0 +1,163 @@
+"""The contract every registered strategy meets (scikit-learn's check_estimator, ours).
+
+Each strategy supplies tiny parameters through ``_test_params()``; every check below runs
+for every name in ``available_strategies()``, so a new strategy is tested the moment it
+registers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import expunge
+from expunge.data import IndexedDataset
+from expunge.exceptions import (
+    AlreadyForgottenError,
+    ExpungeError,
+    InvalidRequestError,
+    NotFittedError,
+    StoreMismatchError,
+    UnknownSampleError,
+)
+
+NAMES = expunge.available_strategies()
+
+
+def make(name: str, **overrides):
+    cls = expunge.get_strategy(name)
+    return cls(**{**cls._test_params(), **overrides})
+
+
+def snapshot(strategy, data: IndexedDataset):
+    """Everything a rejected request must leave unchanged."""
+    return (
+        strategy.fingerprint(),
+        len(strategy.ledger),
+        strategy.ledger.head,
+        strategy.training_data.ids.tolist(),
+        sorted(strategy.store_.list_blobs()),
+        strategy.predict_proba(data.X[:20]).numpy().tobytes(),
+    )
+
+
+def test_registry_lists_builtin_strategies():
+    assert {"retrain", "sisa"} <= set(NAMES)
+    with pytest.raises(expunge.exceptions.UnknownStrategyError, match="'nope'.*Available: "):
+        expunge.get_strategy("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fit_returns_self_and_predicts(name, small_digits):
+    strategy = make(name)
+    assert strategy.fit(small_digits) is strategy
+    proba = strategy.predict_proba(small_digits.X[:10])
+    assert proba.shape == (10, small_digits.n_classes)
+    assert np.allclose(proba.sum(dim=1).numpy(), 1.0, atol=1e-5)
+    assert 0.0 <= strategy.score(small_digits) <= 1.0
+    assert len(strategy.ledger) == 1 and strategy.ledger.entries()[0].kind == "fit"
+    assert strategy.ledger.entries()[0].guarantee == strategy.guarantee
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forget_before_fit_fails_cleanly(name):
+    strategy = make(name)
+    with pytest.raises(NotFittedError, match="not fitted yet.*Call 'fit' before 'forget'"):
+        strategy.forget([1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_requests_raise_and_change_nothing(name, small_digits, tmp_path):
+    strategy = make(name, store=tmp_path / "s").fit(small_digits)
+    first = int(small_digits.ids[0])
+    strategy.forget([first])
+    before = snapshot(strategy, small_digits)
+    bad = [
+        ([], InvalidRequestError, "empty"),
+        ([99_999_999], UnknownSampleError, "99999999"),
+        ([first], AlreadyForgottenError, rf"\[{first}\].*already forgotten by request"),
+        ([1.5], InvalidRequestError, "1.5"),
+        (["7"], InvalidRequestError, "must be integers"),
+        ([True], InvalidRequestError, "True"),
+        ([3, 3], InvalidRequestError, r"\[3\] appear more than once"),
+        ([5, 99_999_998], UnknownSampleError, "99999998"),
+    ]
+    for ids, error, message in bad:
+        with pytest.raises(error, match=message) as caught:
+            strategy.forget(ids)
+        assert isinstance(caught.value, ExpungeError)
+        assert snapshot(strategy, small_digits) == before, f"state changed after {ids!r}"
+    assert strategy.verify() == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_ledger_row_per_request(name, small_digits):
+    strategy = make(name).fit(small_digits)
+    ids = small_digits.ids
+    r1 = strategy.forget([int(ids[1])])
+    r2 = strategy.forget([int(ids[2]), int(ids[3])], tag="ticket-7")
+    entries = strategy.ledger.entries()
+    assert [e.kind for e in entries] == ["fit", "forget", "forget"]
+    assert entries[1].ids == [int(ids[1])] and entries[2].ids == sorted([int(ids[2]), int(ids[3])])
+    assert entries[2].details["tag"] == "ticket-7"
+    assert (r1.seq, r2.seq) == (2, 3)
+    assert entries[2].fingerprint_before == entries[1].fingerprint_after
+    assert entries[2].fingerprint_after == strategy.fingerprint()
+    assert r2.guarantee == entries[2].guarantee
+    assert strategy.verify() == 3
+    assert set(strategy.forgotten_ids.tolist()) == {int(ids[1]), int(ids[2]), int(ids[3])}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_fingerprint_other_seed_differs(name, small_digits):
+    a = make(name).fit(small_digits).fingerprint()
+    b = make(name).fit(small_digits).fingerprint()
+    c = make(name, seed=1).fit(small_digits).fingerprint()
+    assert a == b
+    assert a != c
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_store_reopen_round_trip(name, small_digits, tmp_path):
+    path = tmp_path / "store"
+    strategy = make(name, store=path).fit(small_digits)
+    strategy.forget([int(small_digits.ids[4])])
+    fingerprint, proba = strategy.fingerprint(), strategy.predict_proba(small_digits.X[:30])
+    strategy.close()
+    reopened = expunge.open(path)
+    assert type(reopened) is type(strategy)
+    assert reopened.fingerprint() == fingerprint
+    assert np.array_equal(reopened.predict_proba(small_digits.X[:30]).numpy(), proba.numpy())
+    assert len(reopened.ledger) == 2 and reopened.verify() == 2
+    with pytest.raises(AlreadyForgottenError):
+        reopened.forget([int(small_digits.ids[4])])
+    reopened.forget([int(small_digits.ids[5])])
+    assert reopened.verify() == 3
+    reopened.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_store_mismatch_refused(name, small_digits, tmp_path):
+    path = tmp_path / "store"
+    make(name, store=path).fit(small_digits).close()
+    with pytest.raises(StoreMismatchError, match="seed=0.*seed=5"):
+        make(name, store=path, seed=5).fit(small_digits)
+    with pytest.raises(StoreMismatchError, match="other data"):
+        make(name, store=path).fit(small_digits.drop(small_digits.ids[:3]))
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in NAMES if expunge.get_strategy(n).guarantee == "exact"]
+)
+def test_exact_strategies_are_history_independent(name, small_digits):
+    ids = small_digits.ids
+    requests = [[int(ids[0])], [int(ids[10]), int(ids[200])], [int(ids[299])]]
+    strategy = make(name).fit(small_digits)
+    dropped: list[int] = []
+    for request in requests:
+        strategy.forget(request)
+        dropped += request
+        twin = make(name).fit(small_digits.drop(dropped))
+        assert strategy.fingerprint() == twin.fingerprint()
+        assert np.array_equal(strategy.predict_proba(small_digits.X).numpy(),
+                              twin.predict_proba(small_digits.X).numpy())
