@@ -62,8 +62,9 @@ def main() -> None:
         }
     S, R = args.n_shards, args.n_slices
     theory = S * 3 * R / (2 * R + 1)
-    speedup_time = results["retrain"]["median_forget_seconds"] / results["sisa"]["median_forget_seconds"]
-    speedup_passes = results["retrain"]["median_sample_passes"] / results["sisa"]["median_sample_passes"]
+    retrain, sisa = results["retrain"], results["sisa"]
+    speedup_time = retrain["median_forget_seconds"] / sisa["median_forget_seconds"]
+    speedup_passes = retrain["median_sample_passes"] / sisa["median_sample_passes"]
     print(f"MNIST {len(train)} train / {len(test)} test, MLP 784-256-10, {args.epochs} epochs, "
           f"torch threads {args.threads}, {args.requests} sequential single-id requests\n")
     print("| strategy | test acc. | fit s | median forget s | sample-passes / request "
@@ -76,7 +77,8 @@ def main() -> None:
     print(f"\nSISA speed-up over Retrain per request: {speedup_time:.2f}x in wall time, "
           f"{speedup_passes:.2f}x in sample-passes; theory S*3R/(2R+1) = {theory:.2f}x")
     if args.out:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip()
         Path(args.out).write_text(json.dumps({
             "config": vars(args), "results": results, "theory_speedup": theory,
             "speedup_time": speedup_time, "speedup_passes": speedup_passes,

@@ -109,7 +109,9 @@ def validate_params(
         if any(_accepts(c, value) for c in allowed):
             continue
         described = [_describe(c) for c in allowed]
-        choices = described[0] if len(described) == 1 else ", ".join(described[:-1]) + " or " + described[-1]
+        choices = described[0]
+        if len(described) > 1:
+            choices = ", ".join(described[:-1]) + " or " + described[-1]
         raise InvalidParameterError(
             f"The {name!r} parameter of {owner} must be {choices}. Got {value!r} instead."
         )

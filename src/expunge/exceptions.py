@@ -56,6 +56,15 @@ class StoreMismatchError(ExpungeError, ValueError):
     """A store was created with other parameters or data than the ones given now."""
 
 
+class WorkerError(ExpungeError, RuntimeError):
+    """A worker (process pool or Ray) died while training a sub-model.
+
+    Nothing was committed: the model, the ledger and the store's committed state are the ones
+    before the request. Checkpoints finished before the failure stay in the store as orphans;
+    retrying the request reuses them, and reopening the store deletes them.
+    """
+
+
 class LedgerIntegrityError(ExpungeError):
     """The deletion ledger's hash chain does not verify: a row was edited, removed or moved."""
 

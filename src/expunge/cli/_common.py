@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import tomllib
 import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 from rich.console import Console
 
 from expunge.data import as_id_array
@@ -66,7 +66,7 @@ def strategy_flags() -> dict[str, tuple[Any, set[str]]]:
     flags: dict[str, tuple[Any, set[str]]] = {}
     for name in available_strategies():
         cls = get_strategy(name)
-        hints = typing.get_type_hints(cls.__init__) if cls.__init__ else {}
+        hints = typing.get_type_hints(cls.__init__)
         for param in inspect.signature(cls.__init__).parameters.values():
             if param.name in ("self", *_NOT_FLAGS) or param.kind is param.VAR_KEYWORD:
                 continue

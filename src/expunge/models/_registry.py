@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from torch import nn
 from expunge.exceptions import UnknownModelError, UnsupportedModelError
 
 ModelFactory = Callable[..., nn.Module]
-ModelSpec = Union[str, ModelFactory]
+ModelSpec = str | ModelFactory
 
 _MODELS: dict[str, ModelFactory] = {}
 

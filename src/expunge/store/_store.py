@@ -103,7 +103,8 @@ class Store(ABC):
         """Make ``state`` current and append ``entry`` to the ledger, in one transaction."""
         fields = dict(entry)
         fields.setdefault("request_id", uuid.uuid4().hex)
-        fields.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+        now = datetime.now(timezone.utc)
+        fields.setdefault("created_at", now.isoformat(timespec="microseconds"))
         fields.setdefault("expunge_version", __version__)
         fields["ids"] = [int(i) for i in fields["ids"]]
         fields["n_ids"] = len(fields["ids"])
@@ -124,7 +125,8 @@ class Store(ABC):
             encoded["hash"] = chain_hash(prev, encoded)
             names = ", ".join(encoded)
             marks = ", ".join("?" for _ in encoded)
-            self._db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})", list(encoded.values()))
+            self._db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})",
+                             list(encoded.values()))
             self._db.execute(
                 "INSERT OR REPLACE INTO state (name, value) VALUES ('current', ?)",
                 (json.dumps(state, sort_keys=True),),
@@ -185,7 +187,8 @@ class MemoryStore(Store):
         self._blobs.pop(name, None)
 
     def size_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for ts, _ in self._blobs.values() for t in ts.values())
+        return sum(t.numel() * t.element_size()
+                   for tensors, _ in self._blobs.values() for t in tensors.values())
 
     def read_manifest(self) -> dict[str, Any] | None:
         return self._manifest
@@ -243,7 +246,7 @@ class DirectoryStore(Store):
             )
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
         return tensors, metadata
 
     def has_blob(self, name: str) -> bool:

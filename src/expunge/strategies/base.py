@@ -140,7 +140,8 @@ class FittedModel(ABC):
 def _jsonable_param(value: Any) -> Any:
     """Params as recorded in the manifest; callables by qualified name."""
     if callable(value) and not isinstance(value, type):
-        return {"callable": f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', repr(value))}"}
+        module = getattr(value, "__module__", "?")
+        return {"callable": f"{module}:{getattr(value, '__qualname__', repr(value))}"}
     if isinstance(value, tuple):
         return [_jsonable_param(v) for v in value]
     if isinstance(value, list):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from expunge.exceptions import UnknownStrategyError
 from expunge.strategies.base import UnlearningStrategy
@@ -24,8 +24,11 @@ def available_strategies() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def get_strategy(name: str) -> type[UnlearningStrategy]:
-    """The strategy class registered as ``name``."""
+def get_strategy(name: str) -> Any:
+    """The strategy class registered as ``name`` (a subclass of ``UnlearningStrategy``).
+
+    Typed ``Any`` because each subclass has its own constructor parameters.
+    """
     try:
         return _STRATEGIES[name]
     except (KeyError, TypeError):

@@ -20,7 +20,9 @@ from expunge.strategies.registry import register_strategy
 from expunge.training import epoch_schedule
 
 
-def sisa_partition(seed: int, ids: np.ndarray, n_shards: int, n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+def sisa_partition(
+    seed: int, ids: np.ndarray, n_shards: int, n_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Shard and slice of each id: ``floor(u * S)`` and ``floor(v * R)`` for keyed uniforms.
 
     Two independent keyed hashes of ``(seed, id)``; membership never depends on positions
@@ -54,7 +56,8 @@ class SISA(ShardedStrategy):
 
     Args:
         model, model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay,
-            seed, store, show_progress, executor, n_jobs, ray_address: as for :class:`Retrain`; ``epochs`` is the budget
+            seed, store, show_progress, executor, n_jobs, ray_address: as for
+            :class:`Retrain`; ``epochs`` is the budget
             of an unsliced shard.
         n_shards: S, the number of isolated shard models.
         n_slices: R, checkpointed slices per shard.
@@ -139,7 +142,8 @@ class SISA(ShardedStrategy):
         plans = []
         for s in range(self.n_shards):
             in_shard = shard == s
-            blocks = tuple(np.sort(data.ids[in_shard & (slice_ == r)]) for r in range(self.n_slices))
+            blocks = tuple(np.sort(data.ids[in_shard & (slice_ == r)])
+                           for r in range(self.n_slices))
             plans.append(BlockPlan(blocks=blocks, epochs=schedule, cumulative=True))
         return plans
 
