@@ -20,8 +20,10 @@ History independence follows: ``fit(D).forget(F)`` runs exactly the computations
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import sys
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from torch import nn
 from expunge._hashing import derive_key, sha256_ids
 from expunge._progress import Progress
 from expunge.data._dataset import IndexedDataset
+from expunge.exceptions import InvalidParameterError, StoreError
 from expunge.models import build_model, seeded_init
 from expunge.store import Checkpoint, Store, pack, unpack
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
@@ -239,20 +242,24 @@ class ShardedStrategy(UnlearningStrategy):
             f"{type(self).__name__}: training {sum(s < p.n_blocks for p, s in zip(plans, starts))}"
             f" of {len(plans)} sub-models", total_epochs,
         )
+        reused: dict[int, Submodel] = {}
+        for k, (plan, keys, start) in enumerate(zip(plans, all_keys, starts)):
+            reusable = previous is not None and start == plan.n_blocks and \
+                k < len(previous.submodels) and previous.submodels[k].keys == keys
+            if reusable:
+                reused[k] = previous.submodels[k]  # type: ignore[union-attr]
+        todo = [k for k in range(len(plans)) if k not in reused]
+        trained = self._train_submodels(todo, plans, all_keys, starts, data, store, progress, task)
         submodels: list[Submodel] = []
         passes = 0
         distinct = 0
         retrained: list[int] = []
         from_block: dict[str, int] = {}
-        for k, (plan, keys, start) in enumerate(zip(plans, all_keys, starts)):
-            reusable = previous is not None and start == plan.n_blocks and \
-                k < len(previous.submodels) and previous.submodels[k].keys == keys
-            if reusable:
-                submodels.append(previous.submodels[k])  # type: ignore[union-attr]
+        for k, (plan, start) in enumerate(zip(plans, starts)):
+            if k in reused:
+                submodels.append(reused[k])
                 continue
-            submodel, sub_passes = self._train_submodel(
-                k, plan, keys, start, data, store, progress, task
-            )
+            submodel, sub_passes = trained[k]
             submodels.append(submodel)
             if start < plan.n_blocks:
                 passes += sub_passes
@@ -275,23 +282,165 @@ class ShardedStrategy(UnlearningStrategy):
                 return block
         return len(keys)
 
+    # ------------------------------------------------------------ executors
+    def _threads_per_job(self) -> int:
+        """Torch intra-op threads every sub-model trains with, in every executor.
+
+        Part of *what* is computed (CPU kernels may sum in another order with another
+        thread count), hence the same for serial, process and Ray runs: 1 unless the
+        strategy has a ``threads_per_job`` parameter (a recorded, non-runtime parameter).
+        """
+        threads = getattr(self, "threads_per_job", None)
+        return 1 if threads is None else int(threads)
+
+    def _train_submodels(
+        self, todo: list[int], plans: list[BlockPlan], all_keys: list[list[str]],
+        starts: list[int], data: IndexedDataset, store: Store, progress: Progress,
+        task: int | None,
+    ) -> dict[int, tuple[Submodel, int]]:
+        """Train sub-models ``todo`` from their first missing block, on the executor.
+
+        The serial path trains each sub-model straight through in this process. The other
+        executors run one job per block (resuming from the previous block's checkpoint, as
+        ``forget`` always does), so that workers share the last sub-models; the parent then
+        loads each final checkpoint. Both give the same bits: the same computations, with
+        the same thread count, from the same checkpoints.
+        """
+        from expunge.executors import make_executor, pinned_threads
+
+        threads = self._threads_per_job()
+        name = str(getattr(self, "executor", None) or "serial")
+        chains = [k for k in todo if starts[k] < plans[k].n_blocks]
+        if name == "ray":
+            _require_ray()
+        if name == "serial" or len(chains) < 2:
+            # one chain is sequential: a pool could not speed it up, so it runs here
+            with pinned_threads(threads):
+                return {k: self._train_submodel(k, plans[k], all_keys[k], starts[k], data, store,
+                                                progress, task) for k in todo}
+        executor = make_executor(name, getattr(self, "n_jobs", None),
+                                 getattr(self, "ray_address", None), threads)
+        try:
+            passes = self._train_blocks_on(executor, chains, plans, all_keys, starts, data,
+                                           store, progress, task)
+        finally:
+            executor.close()
+        result = {}
+        for k in todo:  # nothing left to train: this loads the last checkpoint
+            submodel, _ = self._train_submodel(k, plans[k], all_keys[k], plans[k].n_blocks, data,
+                                               store, progress, task)
+            result[k] = (submodel, passes.get(k, 0))
+        return result
+
+    def _train_blocks_on(
+        self, executor: Any, chains: list[int], plans: list[BlockPlan],
+        all_keys: list[list[str]], starts: list[int], data: IndexedDataset, store: Store,
+        progress: Progress, task: int | None,
+    ) -> dict[int, int]:
+        """Run every missing block of ``chains`` as a job on ``executor``; passes per chain."""
+        from expunge.executors import manifest_digest_of, run_chains
+        from expunge.store import DirectoryStore
+
+        payload = self._worker_payload(executor)
+        digest = hashlib.sha256(payload).hexdigest()
+        directory = store.location if isinstance(store, DirectoryStore) else None
+        manifest = manifest_digest_of(store.read_manifest() or {}) if directory else ""
+        rows: dict[int, Any] = {}
+        passes: dict[int, int] = dict.fromkeys(chains, 0)
+
+        def make_job(k: int, block: int) -> tuple[Any, tuple[Any, ...]]:
+            plan, keys = plans[k], all_keys[k]
+            if k not in rows:  # this sub-model's rows only, sent once per sub-model
+                sub = data.select(plan.all_ids())
+                rows[k] = executor.share((sub.X, sub.y, sub.ids))
+            start_blobs = {}
+            if directory is None and block > 0:  # memory store: the parent passes it
+                name = checkpoint_blob(k, block - 1, keys[block - 1])
+                start_blobs[name] = store.read_blob(name)
+            job = _BlockJob(digest, payload, k, plan, keys, block, data.n_classes,
+                            directory, manifest, start_blobs)
+            return _run_block_job, (job, rows[k])
+
+        def on_done(k: int, block: int, result: _BlockResult) -> None:
+            for name, (tensors, metadata) in result.blobs.items():
+                store.write_blob(name, tensors, metadata)
+            name = checkpoint_blob(k, block, all_keys[k][block])
+            if not store.has_blob(name):
+                raise StoreError(
+                    f"A worker reported checkpoint {name} but the store {store.location!r} "
+                    "does not have it: the store path is not shared with the workers."
+                )
+            passes[k] += result.passes
+            progress.advance(task, plans[k].epochs[block])
+
+        costs = {k: [(b, float(len(plans[k].training_ids(b)) * plans[k].epochs[b] + 1))
+                     for b in range(starts[k], plans[k].n_blocks)] for k in chains}
+        run_chains(executor, costs, make_job, on_done)
+        return passes
+
+    def _worker_payload(self, executor: Any) -> bytes:
+        """This strategy's parameters, serialized for workers (fitted state left out)."""
+        clone = copy.copy(self)
+        for attribute in ("store_", "fitted_", "data_", "_forgotten"):
+            clone.__dict__.pop(attribute, None)
+        main = sys.modules.get("__main__")
+        if executor.name == "process" and not hasattr(main, "__file__"):
+            for key, value in clone.get_params().items():
+                if callable(value) and getattr(value, "__module__", None) == "__main__":
+                    raise InvalidParameterError(
+                        f"{key}={value!r} is defined in an interactive session, which worker "
+                        "processes cannot import. Define it in a module (a .py file) and import "
+                        "it, or use executor='serial' (or 'ray', which sends it by value)."
+                    )
+        try:
+            return executor.dumps(clone)
+        except Exception as err:
+            culprit = next((f"{key}={value!r}" for key, value in vars(clone).items()
+                            if not _pickles(executor, value)), "a parameter")
+            raise InvalidParameterError(
+                f"executor={executor.name!r} sends the strategy to worker processes, but "
+                f"{culprit} cannot be pickled ({err}). Use a module-level function (def ...) "
+                "instead of a lambda or a local function, or use executor='serial'."
+            ) from err
+
     def _train_submodel(
         self, k: int, plan: BlockPlan, keys: list[str], start: int, data: IndexedDataset,
         store: Store, progress: Progress, task: int | None,
     ) -> tuple[Submodel, int]:
         """Train blocks ``start..`` of sub-model ``k`` (resuming from block ``start-1``)."""
-        module = self._new_module(k, data.input_shape, data.n_classes)
+        module, optimizer, extras = self._resume_submodel(
+            k, plan, keys, start, data.input_shape, data.n_classes, store)
+        extras, passes = self._train_blocks(k, plan, keys, module, optimizer, extras, start,
+                                            plan.n_blocks, data, store, progress, task)
+        module.eval()
+        return Submodel(k, keys, module, extras, n_trained=len(plan.all_ids())), passes
+
+    def _resume_submodel(
+        self, k: int, plan: BlockPlan, keys: list[str], start: int,
+        input_shape: tuple[int, ...], n_classes: int, store: Store,
+    ) -> tuple[nn.Module, torch.optim.Optimizer | None, dict[str, torch.Tensor]]:
+        """A fresh module and optimizer, loaded from block ``start-1``'s checkpoint if any."""
+        module = self._new_module(k, input_shape, n_classes)
         optimizer = self._make_optimizer(module)
         extras: dict[str, torch.Tensor] = {}
-        passes = 0
         resume_from = min(start, plan.n_blocks) - 1  # last checkpoint that is still valid
         if resume_from >= 0:
-            checkpoint = unpack(*store.read_blob(checkpoint_blob(k, resume_from, keys[resume_from])))
+            blob = checkpoint_blob(k, resume_from, keys[resume_from])
+            checkpoint = unpack(*store.read_blob(blob))
             module.load_state_dict(checkpoint.model)
             if optimizer is not None and checkpoint.optimizer is not None:
                 optimizer.load_state_dict(checkpoint.optimizer)
             extras = checkpoint.extras
-        for block in range(start, plan.n_blocks):
+        return module, optimizer, extras
+
+    def _train_blocks(
+        self, k: int, plan: BlockPlan, keys: list[str], module: nn.Module,
+        optimizer: torch.optim.Optimizer | None, extras: dict[str, torch.Tensor], start: int,
+        stop: int, data: IndexedDataset, store: Store, progress: Progress, task: int | None,
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """Train blocks ``start..stop-1`` in place, checkpointing each; (extras, passes)."""
+        passes = 0
+        for block in range(start, stop):
             ids = plan.training_ids(block)
             self._train_block(k, block, module, optimizer, data.select(ids), plan.epochs[block],
                               progress, task)
@@ -306,11 +455,11 @@ class ShardedStrategy(UnlearningStrategy):
                 ids_trained=np.unique(np.concatenate(plan.blocks[: block + 1])),
                 info={"submodel": k, "block": block, "key": keys[block],
                       "epochs": plan.epochs[block], "n_trained": len(ids),
-                      "rng": "keyed: derive_key(seed, 'order'|'model-rng', submodel, block, epoch)"},
+                      "rng": "keyed: derive_key(seed, 'order'|'model-rng', submodel, block, "
+                             "epoch)"},
             )
             store.write_blob(checkpoint_blob(k, block, keys[block]), *pack(checkpoint))
-        module.eval()
-        return Submodel(k, keys, module, extras, n_trained=len(plan.all_ids())), passes
+        return extras, passes
 
     def _restore(self, state: dict[str, Any], store: Store) -> ShardedModel:
         manifest = store.read_manifest() or {}
@@ -328,3 +477,70 @@ class ShardedStrategy(UnlearningStrategy):
             module.eval()
             submodels.append(Submodel(k, keys, module, extras, int(entry["n_trained"])))
         return ShardedModel(self, submodels)
+
+
+# ------------------------------------------------------------- jobs for workers
+@dataclass
+class _BlockJob:
+    """What a worker needs to train one block of one sub-model (the data rows travel
+    separately, as a top-level argument, so that Ray resolves its object-store handle)."""
+
+    digest: str  # of ``payload``: workers unpickle each strategy once
+    payload: bytes  # the strategy's parameters (see ShardedStrategy._worker_payload)
+    submodel: int
+    plan: BlockPlan
+    keys: list[str]
+    block: int
+    n_classes: int
+    store_path: str | None  # a directory store: read and write checkpoints there
+    manifest_digest: str  # ... after checking it is the parent's store
+    start_blobs: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]  # memory store
+
+
+@dataclass
+class _BlockResult:
+    passes: int
+    # memory store: the checkpoint the worker wrote, for the parent to store
+    blobs: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]
+
+
+def _run_block_job(
+    job: _BlockJob, rows: tuple[torch.Tensor, torch.Tensor, np.ndarray]
+) -> _BlockResult:
+    """Train block ``job.block`` of sub-model ``job.submodel`` in a worker."""
+    from expunge._progress import NO_PROGRESS
+    from expunge.executors import WorkerDirectoryStore, WorkerMemoryStore, load_cached
+
+    strategy = load_cached(job.digest, job.payload)
+    X, y, ids = rows
+    data = IndexedDataset(X, y, ids, n_classes=job.n_classes)
+    store: Store
+    if job.store_path is not None:
+        store = WorkerDirectoryStore(job.store_path, job.manifest_digest)
+    else:
+        store = WorkerMemoryStore(job.start_blobs)
+    k, plan, keys = job.submodel, job.plan, job.keys
+    module, optimizer, extras = strategy._resume_submodel(
+        k, plan, keys, job.block, data.input_shape, data.n_classes, store)
+    _, passes = strategy._train_blocks(k, plan, keys, module, optimizer, extras, job.block,
+                                       job.block + 1, data, store, NO_PROGRESS, None)
+    blobs = store.new_blobs() if isinstance(store, WorkerMemoryStore) else {}
+    return _BlockResult(passes, blobs)
+
+
+def _pickles(executor: Any, value: Any) -> bool:
+    try:
+        executor.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
+def _require_ray() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise InvalidParameterError(
+            "executor='ray' needs Ray, which is not installed: pip install 'expunge[ray]' "
+            "(or use executor='process' on one machine)."
+        )

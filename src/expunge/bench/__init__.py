@@ -1,0 +1,8 @@
+"""Reproduce the papers' experiments from specs in ``benchmarks/specs`` (``expunge bench``)."""
+
+from expunge.bench._kinds import KINDS
+from expunge.bench._runner import render_results, run_all, run_experiment
+from expunge.bench._spec import ExperimentSpec, available_experiments, load_spec
+
+__all__ = ["KINDS", "ExperimentSpec", "available_experiments", "load_spec", "render_results",
+           "run_all", "run_experiment"]
