@@ -74,9 +74,11 @@ def _format(value: Any, fmt: str, std: float | None = None) -> str:
         return str(value)
     if fmt == "%":
         return f"{100 * float(value):g} %"
+    if fmt.endswith("d") and isinstance(value, float):  # an integer field averaged over seeds
+        fmt = fmt[:-1] + (".0f" if value.is_integer() else ".1f")
     text = format(value, fmt)
     if std is not None and not math.isnan(std):
-        text += " ± " + format(std, fmt.lstrip("+"))
+        text += " ± " + format(std, fmt.lstrip("+").replace("d", ".1f"))
     return text
 
 

@@ -196,8 +196,8 @@ def strategy_reference(
     return Reference(
         view=model_view(reference), kind="strategy",
         seconds=entry.seconds, samples_retrained=entry.samples_retrained,
-        sample_passes=entry.sample_passes, store_bytes=store_bytes_excluding_cache(reference.store_),
-        cached=False,
+        sample_passes=entry.sample_passes,
+        store_bytes=store_bytes_excluding_cache(reference.store_), cached=False,
         description={
             "kind": "strategy", "strategy": reference.name,
             "params": reference._recorded_params(), "n_train": len(reference.training_data),

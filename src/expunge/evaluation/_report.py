@@ -106,7 +106,7 @@ def format_value(value: float | None, kind: str, std: float | None = None) -> st
         if kind == "seconds":
             return f"{v:.2f} s"
         if kind == "count":
-            return f"{int(round(v)):,}"
+            return f"{round(v):,}"
         if kind == "bytes":
             return _bytes(v)
         if kind == "ratio":
@@ -288,7 +288,7 @@ class EvaluationReport:
             f"`{self.forget_ids_sha256[:16]}`)"
             + (f", the whole class {self.removed_class}" if self.removed_class is not None else ""),
             f"- **Retained / test:** {self.n_retain} / {self.n_test} samples",
-            f"- **Reference:** " + (
+            "- **Reference:** " + (
                 "none (gaps are not computed)" if not ref else
                 f"{ref.get('strategy')} with the same model and training settings, trained on "
                 f"the {ref.get('n_train')} retained samples"
