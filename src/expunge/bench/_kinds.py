@@ -257,9 +257,12 @@ def _plot_sweep(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
         for ax, key in zip(axes, ("test_after", "forget_seconds", "samples_retrained"),
                            strict=True):
             ax.plot(xs, [r[key] for r in mine], marker="o", label=label)
+    fractions = sorted({100 * r["fraction"] for r in rows})
     for ax, name in zip(axes, ("A1 test accuracy", "A2 seconds per batch",
                                "A3 distinct samples retrained"), strict=True):
         ax.set_xscale("log")
+        ax.set_xticks(fractions, [f"{f:g} %" for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("requests (% of training set, one batch)")
         ax.set_title(name, fontsize=10)
     axes[1].set_yscale("log")
