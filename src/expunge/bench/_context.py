@@ -39,11 +39,14 @@ class Context:
         params.update(overrides)
         return expunge.get_strategy(name)(**params, store=store)
 
-    def fitted_copy(self, label: str, **overrides: Any) -> tuple[Any, float]:
+    def fitted_copy(self, label: str, reopen: dict[str, Any] | None = None,
+                    **overrides: Any) -> tuple[Any, float]:
         """A fitted strategy in a private store, and the seconds its fit took.
 
         The fit runs once per (label, overrides); later calls copy the fitted store and
         reopen it, so several experiments can start from the same trained model.
+        ``reopen`` sets parameters that act only at forget time (PUMA's ``eta``) on the
+        reopened copy, without refitting.
         """
         key = f"{label}|{sorted(overrides.items())}"
         if key not in self._fitted:
@@ -57,7 +60,8 @@ class Context:
         copy = Path(tempfile.mkdtemp(dir=self.scratch, prefix="copy-"))
         shutil.rmtree(copy)
         shutil.copytree(path, copy)
-        return expunge.open(copy, **self._runtime_overrides(label, overrides)), seconds
+        runtime = {**self._runtime_overrides(label, overrides), **(reopen or {})}
+        return expunge.open(copy, **runtime), seconds
 
     def _runtime_overrides(self, label: str, overrides: dict[str, Any]) -> dict[str, Any]:
         # parameters a manifest cannot hold (callables) must be passed again on reopen

@@ -1,0 +1,312 @@
+"""Experiment kinds specific to one method's knobs: PUMA (E3, E5, E6) and ARCANE (A4-A6)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import expunge
+from expunge.bench._context import Context
+from expunge.bench._kinds import _plt, accuracy, kind
+from expunge.data import random_forget_ids
+
+
+# --------------------------------------------------------------------------- E3
+@kind("membership", keys=["strategy"], columns=[
+    ("strategy", "strategy", "s"), ("UA", "UA", ".4f"), ("UA_ref", "UA retrain", ".4f"),
+    ("loss_auc", "loss-MIA AUC", ".3f"), ("loss_auc_ref", "… retrain", ".3f"),
+    ("svc", "MIA-efficacy (SVC)", ".3f"), ("svc_ref", "… retrain", ".3f"),
+    ("logistic", "kit logistic acc.", ".3f"), ("logistic_ref", "… retrain", ".3f"),
+    ("avg_gap", "Avg. Gap", ".4f"), ("forget_seconds", "forget s", ".2f"),
+])
+def membership(ctx: Context) -> dict[str, Any]:
+    """Forget a random set, then attack it: the harness's MIAs on the model and on Retrain."""
+    train, test = ctx.data()
+    ids = random_forget_ids(train, fraction=float(ctx.spec.settings.get("fraction", 0.01)),
+                            seed=ctx.seed)
+    attacks = ctx.spec.settings.get("attacks", ["loss", "confidence", "entropy", "m_entropy",
+                                                "svc", "logistic"])
+    rows = []
+    for label in ctx.spec.strategies:
+        strategy, _ = ctx.fitted_copy(label)
+        report = expunge.evaluate(strategy, train=train, test=test, forget_ids=ids,
+                                  reference="retrain", attacks=attacks, forget=True)
+        by_key = {row.key: row for row in report.metrics}
+
+        def pick(key: str, side: str = "model") -> float:
+            row = by_key.get(key)
+            value = None if row is None else getattr(row, side)
+            return float("nan") if value is None else float(value)
+
+        rows.append({
+            "strategy": label, "UA": pick("UA"), "UA_ref": pick("UA", "reference"),
+            "loss_auc": pick("mia.loss.auc"), "loss_auc_ref": pick("mia.loss.auc", "reference"),
+            "svc": pick("mia.svc.efficacy"), "svc_ref": pick("mia.svc.efficacy", "reference"),
+            "logistic": pick("mia.logistic.accuracy"),
+            "logistic_ref": pick("mia.logistic.accuracy", "reference"),
+            "avg_gap": pick("avg_gap"), "forget_seconds": pick("cost.forget_seconds"),
+        })
+        strategy.close()
+        ctx.log(f"  {label}: UA {rows[-1]['UA']:.4f} vs retrain {rows[-1]['UA_ref']:.4f}")
+    return {"rows": rows}
+
+
+# --------------------------------------------------------------------------- E5
+def _plot_eta(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for curve in dict.fromkeys(r["curve"] for r in rows):
+        mine = sorted((r for r in rows if r["curve"] == curve), key=lambda r: r["fraction"])
+        style = "k--" if curve == "retrain" else "-o"
+        ax.plot([100 * r["fraction"] for r in mine], [r["test_after"] for r in mine], style,
+                label=curve, ms=4)
+    ax.set_xlabel("removal rate (% of the training set)")
+    ax.set_ylabel("test accuracy after removal")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@kind("eta_sweep", keys=["curve", "fraction"], plot=_plot_eta, columns=[
+    ("curve", "curve", "s"), ("fraction", "removed", "%"),
+    ("test_after", "TA after", ".4f"), ("test_gap", "TA gap to retrain", "+.4f"),
+    ("forget_acc", "forget acc.", ".4f"), ("reweighted", "re-weighted samples", ",.0f"),
+    ("forget_seconds", "forget s", ".2f"),
+])
+def eta_sweep(ctx: Context) -> dict[str, Any]:
+    """PUMA's resistance: accuracy against the removal rate, one curve per eta.
+
+    ``eta`` acts only at forget time, so every curve starts from the same fitted model
+    (reopened with another ``eta``); the naive-influence baseline and Retrain are curves too.
+    """
+    train, test = ctx.data()
+    settings = ctx.spec.settings
+    rows = []
+    for fraction in settings["fractions"]:
+        ids = random_forget_ids(train, fraction=fraction, seed=ctx.seed)
+        forget_set = train.select(ids)
+        curves: list[tuple[str, str, dict[str, Any]]] = [
+            (f"PUMA eta={eta:g}", settings.get("puma", "puma"), {"eta": float(eta)})
+            for eta in settings["etas"]
+        ]
+        curves += [(label, label, {}) for label in settings.get("baselines", [])]
+        for curve, label, reopen in curves:
+            strategy, _ = ctx.fitted_copy(label, reopen=reopen)
+            report = strategy.forget(ids)
+            rows.append({
+                "curve": curve, "fraction": fraction, "test_after": accuracy(strategy, test),
+                "forget_acc": accuracy(strategy, forget_set),
+                "reweighted": float(report.details.get("n_reweighted", 0)),
+                "forget_seconds": report.seconds,
+            })
+            strategy.close()
+            ctx.log(f"  {curve} {fraction:.3g}: TA {rows[-1]['test_after']:.4f}")
+    for row in rows:
+        ref = next((r for r in rows if r["curve"] == ctx.spec.reference
+                    and r["fraction"] == row["fraction"]), None)
+        row["test_gap"] = row["test_after"] - ref["test_after"] if ref else float("nan")
+    return {"rows": rows}
+
+
+# --------------------------------------------------------------------------- E6
+def _plot_mislabel(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
+                   title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        style = "k:" if row["method"] == "optimal" else ("--" if row["method"] == "random" else "-")
+        ax.plot(row["curve_x"], row["curve_y"], style, label=row["method"])
+    ax.set_xlabel("fraction of training data inspected (most suspicious first)")
+    ax.set_ylabel("fraction of flipped labels found")
+    ax.set_xlim(0, max(rows[0]["curve_x"]))
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _found_curve(ranked: np.ndarray, flipped: set[int], grid: np.ndarray) -> list[float]:
+    hits = np.cumsum([int(i) in flipped for i in ranked])
+    n = len(ranked)
+    return [float(hits[max(int(round(g * n)) - 1, 0)] / max(len(flipped), 1)) if g > 0 else 0.0
+            for g in grid]
+
+
+@kind("mislabel", keys=["method"], plot=_plot_mislabel, columns=[
+    ("method", "ranking", "s"), ("found_at_5", "found @ 5 % inspected", ".3f"),
+    ("found_at_10", "found @ 10 %", ".3f"), ("found_at_20", "found @ 20 %", ".3f"),
+    ("area", "area under curve (0-30 %)", ".3f"), ("seconds", "seconds", ".2f"),
+])
+def mislabel(ctx: Context) -> dict[str, Any]:
+    """Flip a known fraction of labels, rank training samples, count flips found."""
+    import time
+
+    train, _ = ctx.data()
+    settings = ctx.spec.settings
+    rng = np.random.default_rng(ctx.seed + 3000)
+    n_flip = int(round(float(settings.get("flip_fraction", 0.05)) * len(train)))
+    flip_pos = rng.choice(len(train), size=n_flip, replace=False)
+    y = train.y.numpy().copy()
+    y[flip_pos] = (y[flip_pos] + rng.integers(1, train.n_classes, size=n_flip)) % train.n_classes
+    noisy = train.with_labels(y)
+    label = settings.get("puma", "puma")
+    strategy = ctx.make(label)
+    started = time.perf_counter()
+    strategy.fit(noisy)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scored_ids, scores = expunge.harmfulness_scores(strategy)
+    puma_seconds = time.perf_counter() - started
+    # only samples PUMA trained on are ranked (its validation split has no score)
+    flipped = {int(i) for i in train.ids[flip_pos]} & {int(i) for i in scored_ids}
+    grid = np.linspace(0, float(settings.get("max_inspected", 0.3)), 31)
+    subset = noisy.select(scored_ids)
+    proba = strategy.predict_proba(subset.X).clamp_min(1e-12)
+    losses = -proba[np.arange(len(subset)), subset.y].log().numpy()
+    rankings = {
+        "PUMA harmfulness": (scored_ids[np.lexsort((scored_ids, -scores))], puma_seconds),
+        "loss": (scored_ids[np.lexsort((scored_ids, -losses))], 0.0),
+        "random": (rng.permutation(scored_ids), 0.0),
+    }
+    rows = []
+    for method, (ranked, seconds) in rankings.items():
+        curve = _found_curve(ranked, flipped, grid)
+        rows.append({"method": method, "curve_x": grid.tolist(), "curve_y": curve,
+                     "seconds": seconds, "fit_seconds": fit_seconds})
+    optimal = [min(1.0, g * len(scored_ids) / max(len(flipped), 1)) for g in grid]
+    rows.append({"method": "optimal", "curve_x": grid.tolist(), "curve_y": optimal,
+                 "seconds": 0.0, "fit_seconds": 0.0})
+    for row in rows:
+        xs, ys = np.array(row["curve_x"]), np.array(row["curve_y"])
+        for pct in (5, 10, 20):
+            row[f"found_at_{pct}"] = float(np.interp(pct / 100, xs, ys))
+        row["area"] = float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)) / xs[-1])
+    ctx.log(f"  PUMA finds {rows[0]['found_at_10']:.2f} of flips in 10 % inspected "
+            f"(loss {rows[1]['found_at_10']:.2f}, random {rows[2]['found_at_10']:.2f})")
+    return {"rows": rows}
+
+
+# ------------------------------------------------------------------------ A4/A5
+def _plot_param(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, title: str) -> None:
+    plt = _plt()
+    fields = [f for f in ("test_acc", "fit_seconds", "single_passes") if f in rows[0]]
+    fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.3))
+    xs = [str(r["value"]) for r in rows]
+    for ax, f in zip(np.atleast_1d(axes), fields, strict=True):
+        ax.bar(xs, [r[f] for r in rows])
+        ax.set_xlabel(rows[0]["param"])
+        ax.set_title({"test_acc": "test accuracy", "fit_seconds": "fit seconds",
+                      "single_passes": "sample-passes per request (median)"}[f], fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@kind("param_sweep", keys=["value"], plot=_plot_param, columns=[
+    ("param", "parameter", "s"), ("value", "value", "s"), ("test_acc", "TA", ".4f"),
+    ("fit_seconds", "fit s", ".2f"), ("single_seconds", "median s / id", ".3f"),
+    ("single_passes", "sample-passes / id", ",.0f"),
+    ("single_retrained", "samples retrained / id", ",.0f"),
+    ("untouched", "requests retraining nothing", ".0%"),
+])
+def param_sweep(ctx: Context) -> dict[str, Any]:
+    """One strategy parameter swept: accuracy, fit time, and the cost of single requests."""
+    train, test = ctx.data()
+    settings = ctx.spec.settings
+    label, param = settings.get("strategy", next(iter(ctx.spec.strategies))), settings["param"]
+    rng = np.random.default_rng(ctx.seed + 4000)
+    singles = rng.choice(train.ids, size=int(settings.get("requests", 10)), replace=False)
+    rows = []
+    for value in settings["values"]:
+        value = None if value == "none" else value
+        strategy, fit_seconds = ctx.fitted_copy(label, **{param: value})
+        test_acc = accuracy(strategy, test)
+        reports = [strategy.forget([int(i)]) for i in singles]
+        strategy.close()
+        rows.append({
+            "param": param, "value": "none" if value is None else value, "test_acc": test_acc,
+            "fit_seconds": fit_seconds,
+            "single_seconds": statistics.median(r.seconds for r in reports),
+            "single_passes": statistics.median(r.sample_passes for r in reports),
+            "single_retrained": statistics.median(r.samples_retrained for r in reports),
+            "untouched": sum(r.sample_passes == 0 for r in reports) / len(reports),
+        })
+        ctx.log(f"  {param}={value}: TA {test_acc:.4f}, {rows[-1]['single_passes']:.0f} passes")
+    return {"rows": rows}
+
+
+# --------------------------------------------------------------------------- A6
+class SkewedPrior:
+    """A deletion prior from metadata: a keyed ``hot`` fraction of ids is ``ratio`` times
+    more likely to be deleted (think: users who opted out of retention). Module-level and
+    picklable, so process executors can ship it."""
+
+    def __init__(self, seed: int, hot_fraction: float, ratio: float) -> None:
+        self.seed, self.hot_fraction, self.ratio = seed, hot_fraction, ratio
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        from expunge._hashing import derive_key, keyed_uniform
+
+        hot = keyed_uniform(derive_key(self.seed, "hot-users"), np.asarray(ids)) < self.hot_fraction
+        return np.where(hot, self.ratio, 1.0).astype(np.float64)
+
+
+def _plot_sorting(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
+                  title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for row in rows:
+        ax.plot(range(1, len(row["cumulative_passes"]) + 1), row["cumulative_passes"],
+                "k--" if row["variant"] == "retrain" else "-", label=row["variant"])
+    ax.set_xlabel("requests so far (one id each, drawn from the deletion prior)")
+    ax.set_ylabel("cumulative sample-passes retrained")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@kind("sorting", keys=["variant"], plot=_plot_sorting, columns=[
+    ("variant", "variant", "s"), ("total_passes", "sample-passes, all requests", ",.0f"),
+    ("total_seconds", "seconds, all requests", ".1f"), ("untouched", "requests retraining nothing", ".0%"),
+    ("test_acc", "TA after", ".4f"),
+])
+def sorting(ctx: Context) -> dict[str, Any]:
+    """ARCANE with and without sorting under a skewed prior, against naive retraining."""
+    train, test = ctx.data()
+    settings = ctx.spec.settings
+    prior = SkewedPrior(ctx.seed, float(settings.get("hot_fraction", 0.1)),
+                        float(settings.get("ratio", 20.0)))
+    weights = prior(train.ids)
+    rng = np.random.default_rng(ctx.seed + 5000)
+    requests = rng.choice(train.ids, size=int(settings.get("requests", 20)), replace=False,
+                          p=weights / weights.sum())
+    label = settings.get("strategy", "arcane")
+    variants = [("sorting on", label, {"sorting": True, "deletion_prior": prior}),
+                ("sorting off", label, {"sorting": False, "deletion_prior": prior})]
+    variants += [(name, name, {}) for name in settings.get("baselines", ["retrain"])]
+    rows = []
+    for variant, name, overrides in variants:
+        strategy, _ = ctx.fitted_copy(name, **overrides)
+        reports = [strategy.forget([int(i)]) for i in requests]
+        rows.append({
+            "variant": variant if name != ctx.spec.reference else name,
+            "cumulative_passes": np.cumsum([r.sample_passes for r in reports]).tolist(),
+            "total_passes": float(sum(r.sample_passes for r in reports)),
+            "total_seconds": float(sum(r.seconds for r in reports)),
+            "untouched": sum(r.sample_passes == 0 for r in reports) / len(reports),
+            "test_acc": accuracy(strategy, test),
+        })
+        strategy.close()
+        ctx.log(f"  {variant}: {rows[-1]['total_passes']:.0f} sample-passes")
+    return {"rows": rows}
