@@ -50,6 +50,7 @@ from expunge.evaluation.attacks import (
     svc_mia_efficacy,
     threshold_attack,
     train_shadows,
+    ulira_leave_one_out,
 )
 
 __all__ = [
@@ -82,4 +83,5 @@ __all__ = [
     "threshold_attack",
     "tpr_at_fpr",
     "train_shadows",
+    "ulira_leave_one_out",
 ]

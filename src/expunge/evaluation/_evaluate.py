@@ -22,7 +22,7 @@ attack are in ``docs/evaluation.md`` and ALGORITHMS.md section 5.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,6 +62,7 @@ from expunge.evaluation.attacks import (
     svc_mia_efficacy,
     threshold_attack,
     train_shadows,
+    ulira_leave_one_out,
 )
 from expunge.evaluation.attacks._logistic import MIN_PER_CLASS
 from expunge.exceptions import (
@@ -105,10 +106,9 @@ GOOD = {
             "it generalises to); higher = more forget samples look unseen"),
     "logistic.accuracy": "close to the reference's (about 0.5 for a random forget set)",
     "logistic.auc": "close to the reference's (about 0.5 for a random forget set)",
-    "ulira.auc": ("0.5 = on the forget samples the model cannot be told from the retrained "
-                  "reference; above = they look unlearned rather than never seen"),
+    "ulira.auc": ("0.5 = the strategy's unlearned models cannot be told from its retrained "
+                  "ones on the forget samples (exact strategies: 0.5 up to noise)"),
     "ulira.accuracy": "0.5 = indistinguishable from retraining (Hayes et al. 2024)",
-    "ulira.judged_unlearned": "close to the reference's (what a retrained model gets by chance)",
     "agreement": ("1 for exact methods; otherwise close to the agreement of two references "
                   "trained with different seeds (run with seeds=)"),
     "l1": ("0 for exact methods; otherwise at most the distance between two references with "
@@ -294,6 +294,13 @@ def evaluate(
         )
     if not isinstance(forget, bool):
         raise InvalidParameterError(f"forget must be True or False; got {forget!r}.")
+    fitted_on = train if train is not None else (
+        strategy.training_data if strategy.is_fitted else None)
+    if fitted_on is not None and fitted_on.input_shape != test.input_shape:
+        raise InvalidParameterError(
+            f"test inputs have shape {test.input_shape} but the strategy's training data has "
+            f"shape {fitted_on.input_shape}: pass the test split of the same dataset."
+        )
     chosen = _check_attacks(attacks)
     options = _Options(
         attacks=chosen,
@@ -420,7 +427,7 @@ def _run_once(
         assert forget_set is not None
         status, retained = "forgotten by evaluate", strategy.training_data
     elif present.all():
-        status = "not forgotten yet" if forget_report is None else "forgotten by evaluate"
+        status = "not forgotten yet"
         forget_set, retained = data.select(ids), data.drop(ids)
         notes.append("status: the model still holds the forget set (not forgotten yet); the "
                      "numbers are a before-forgetting baseline.")
@@ -474,16 +481,20 @@ def _run_once(
 
     rows: list[MetricRow] = []
 
-    def row(key: str, section: str, name: str, values: dict[str, float | None],
-            kind: str, good: str, gap: bool = True) -> None:
+    def row(key: str, section: str, name: str, values: Mapping[str, float | None],
+            kind: str, good: str, gap: bool = True, single: bool = False) -> None:
         m, r = values.get("model"), values.get("reference")
         rows.append(MetricRow(key=key, section=section, name=name, model=m, reference=r,
-                              gap=_gap(m, r) if gap else None, kind=kind, good=good))
+                              gap=_gap(m, r) if gap else None, kind=kind, good=good,
+                              single=single))
 
     # -------------------------------------------------------------- accuracy
     with timer("accuracy"):
         acc = {s: {k: _accuracy(P[s][k], labels[k]) for k in splits} for s in sides}
-        ua = {s: None if acc[s]["forget"] is None else 1.0 - acc[s]["forget"] for s in sides}
+        ua: dict[str, float | None] = {}
+        for s in sides:
+            forget_acc = acc[s]["forget"]
+            ua[s] = None if forget_acc is None else 1.0 - forget_acc
         row("UA", "Accuracy", "UA (1 - forget accuracy)", ua, "percent", GOOD["UA"])
         row("RA", "Accuracy", "RA (retain accuracy)", {s: acc[s]["retain"] for s in sides},
             "percent", GOOD["RA"])
@@ -603,7 +614,7 @@ def _run_once(
             [r.section for r in rows].count("Accuracy"),
             MetricRow(key="avg_gap", section="Accuracy", name=f"Avg. Gap ({used})",
                       model=float(np.mean(present_parts)) if present_parts else None,
-                      kind="percent", good=GOOD["avg_gap"]),
+                      kind="percent", good=GOOD["avg_gap"], single=True),
         )
 
     # ------------------------------------------------------------- distances
@@ -617,14 +628,16 @@ def _run_once(
                 rows.append(MetricRow(f"dist.agreement.{split}", dist,
                                       f"prediction agreement ({split})",
                                       prediction_agreement(p, q), kind="percent",
-                                      good=GOOD["agreement"]))
+                                      good=GOOD["agreement"], single=True))
                 rows.append(MetricRow(f"dist.l1.{split}", dist, f"mean L1 of softmax ({split})",
-                                      mean_l1_distance(p, q), kind="distance", good=GOOD["l1"]))
+                                      mean_l1_distance(p, q), kind="distance", good=GOOD["l1"],
+                                      single=True))
                 rows.append(MetricRow(f"dist.js.{split}", dist, f"JS divergence ({split})",
-                                      js_divergence(p, q), kind="distance", good=GOOD["js"]))
+                                      js_divergence(p, q), kind="distance", good=GOOD["js"],
+                                      single=True))
             l2, why = parameter_l2(model.module, ref.view.module)
             rows.append(MetricRow("dist.param_l2", dist, "parameter L2 distance", l2,
-                                  kind="distance", good=GOOD["param_l2"]))
+                                  kind="distance", good=GOOD["param_l2"], single=True))
             if why:
                 notes.append(f"parameter L2 distance {why}.")
 
@@ -642,7 +655,7 @@ def _run_once(
         rows.append(MetricRow(
             "cost.speedup", section, "speed-up over retraining",
             ref_seconds / model_seconds if ref_seconds and model_seconds else None,
-            kind="ratio", good=GOOD["speedup"]))
+            kind="ratio", good=GOOD["speedup"], single=True))
         rows.append(MetricRow("cost.samples_retrained", section, "samples retrained",
                               None if cost is None else float(cost["samples_retrained"]),
                               None if ref is None else float(ref.samples_retrained),
@@ -658,25 +671,32 @@ def _run_once(
                               good=GOOD["store_bytes"]))
         rows.append(MetricRow("cost.fit_seconds", section, "fit seconds", fit_entry.seconds,
                               ref_seconds, kind="seconds", good=GOOD["fit_seconds"]))
+        # where a strategy records its one-off precompute: the fit's ledger details, or
+        # the fitted model's info (PUMA keeps it there, carried across requests)
         precompute = fit_entry.details.get("precompute_seconds")
+        if precompute is None:
+            precompute = (getattr(strategy.fitted_, "info", None) or {}).get(
+                "precompute_seconds")
         if precompute is not None or strategy.guarantee == "approximate":
             rows.append(MetricRow("cost.precompute_seconds", section,
                                   "precompute seconds (at fit)",
                                   None if precompute is None else float(precompute),
-                                  kind="seconds", good=GOOD["precompute_seconds"]))
+                                  kind="seconds", good=GOOD["precompute_seconds"],
+                                  single=True))
         if cost is None:
             notes.append("cost: n/a, the model has not forgotten the ids (no forget request "
                          "covers them).")
 
     # ---------------------------------------------------------------- curves
-    edges = np.linspace(-8.0, 2.0, 51)
+    log_losses = {(s, split): np.log10(np.maximum(feature("loss", s, split), 1e-30))
+                  for s in sides for split in ("forget", "test")}
+    everything = np.concatenate([v for v in log_losses.values() if v.size])
+    low, high = np.floor(everything.min()), np.ceil(everything.max())
+    edges = np.linspace(low, max(high, low + 1.0), 41)
     loss_hist: dict[str, Any] = {"edges": edges.tolist()}
     for s in sides:
-        loss_hist[s] = {
-            split: np.histogram(np.clip(np.log10(np.maximum(feature("loss", s, split), 1e-30)),
-                                        -8.0, 2.0), bins=edges)[0].tolist()
-            for split in ("forget", "test")
-        }
+        loss_hist[s] = {split: np.histogram(log_losses[(s, split)], bins=edges)[0].tolist()
+                        for split in ("forget", "test")}
     curves = {
         "loss_hist": loss_hist,
         "roc": roc,
@@ -725,6 +745,7 @@ def _shadow_attacks(
         return _copy_with(strategy, seed=derive_key(seed, "lira-shadow-seed", k) >> 2, **changes)
 
     with_ulira = "ulira" in options.attacks
+    mia = "Membership inference"
     with timer("shadow models (LiRA/U-LiRA)"):
         shadows = train_shadows(make_shadow, pool, targets, n_shadows=options.shadow_models,
                                 seed=seed, forget_ids=ids if with_ulira else None,
@@ -759,26 +780,22 @@ def _shadow_attacks(
     if with_ulira:
         with timer("mia: ulira"):
             assert shadows.phi_forgotten is not None
-            lam = {s: likelihood_ratio_scores(
-                phi[s][seg_f], shadows.phi_forgotten[:, seg_f], shadows.forgotten[:, seg_f])
-                for s in sides}
-            judged = {s: float(np.mean(lam[s] > 0)) for s in sides}
-            row("mia.ulira.judged_unlearned", "Membership inference",
-                "U-LiRA: forget samples judged unlearned", judged, "percent",
-                GOOD["ulira.judged_unlearned"])
-            if "reference" in lam:
-                versus = membership_metrics(
-                    np.concatenate([lam["model"], lam["reference"]]),
-                    np.concatenate([np.ones(n_f, bool), np.zeros(n_f, bool)]))
-                row("mia.ulira.auc", "Membership inference",
-                    "U-LiRA: AUC (model vs reference)", {"model": versus.auc}, "score",
-                    GOOD["ulira.auc"], gap=False)
-                row("mia.ulira.accuracy", "Membership inference",
-                    "U-LiRA: accuracy at ratio 1 (model vs reference)",
-                    {"model": 0.5 * (judged["model"] + 1.0 - judged["reference"])}, "score",
-                    GOOD["ulira.accuracy"], gap=False)
-                roc["ulira"] = {"title": "U-LiRA (model vs reference, forget set)",
-                                "model": {"fpr": versus.roc_fpr, "tpr": versus.roc_tpr}}
+            after, unlearned = shadows.phi_forgotten[:, seg_f], shadows.forgotten[:, seg_f]
+            scores, is_unlearned = ulira_leave_one_out(after, unlearned)
+            held_out = membership_metrics(scores, is_unlearned)
+            name = f"U-LiRA ({shadows.n_shadows} shadows)"
+            single = {"gap": False, "single": True}
+            row("mia.ulira.auc", mia, f"{name}: AUC, unlearned vs retrained shadows",
+                {"model": held_out.auc}, "score", GOOD["ulira.auc"], **single)
+            row("mia.ulira.accuracy", mia, f"{name}: accuracy at ratio 1",
+                {"model": float(np.mean((scores > 0) == is_unlearned))}, "score",
+                GOOD["ulira.accuracy"], **single)
+            row("mia.ulira.tpr_at_1pct", mia, f"{name}: TPR @ 1% FPR",
+                {"model": held_out.tpr_at_1pct_fpr}, "score", _GOOD_TPR1, **single)
+            row("mia.ulira.tpr_at_0.1pct", mia, f"{name}: TPR @ 0.1% FPR",
+                {"model": held_out.tpr_at_01pct_fpr}, "score", _GOOD_TPR01, **single)
+            roc["ulira"] = {"title": f"{name}: unlearned vs retrained shadows",
+                            "model": {"fpr": held_out.roc_fpr, "tpr": held_out.roc_tpr}}
 
 
 # ============================================================================ report

@@ -154,10 +154,10 @@ def retrain_reference(
         ) from err
     seconds = time.perf_counter() - started
     entry = retrain.ledger.entries("fit")[0]
-    module = single_module(retrain)
+    trained = single_module(retrain)
     store_bytes = retrain.store_.size_bytes()
-    if store is not None and module is not None:
-        store.write_blob(blob, dict(module.state_dict()), {
+    if store is not None and trained is not None:
+        store.write_blob(blob, dict(trained.state_dict()), {
             "kind": "retrain-reference", "seconds": repr(seconds),
             "samples_retrained": str(entry.samples_retrained),
             "sample_passes": str(entry.sample_passes), "store_bytes": str(store_bytes),

@@ -9,6 +9,7 @@ canvas; no global backend is changed).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -38,6 +39,8 @@ class MetricRow:
         good: one line: what a good value is, relative to the reference.
         model_std / reference_std / gap_std: standard deviations over seeds (``None`` for a
             single run).
+        single: the row has one value, in ``model`` (a distance *to* the reference, a ratio
+            of the two, Avg. Gap): the reference column is shown as "-".
     """
 
     key: str
@@ -51,6 +54,7 @@ class MetricRow:
     model_std: float | None = None
     reference_std: float | None = None
     gap_std: float | None = None
+    single: bool = False
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
@@ -86,7 +90,7 @@ def aggregate_rows(runs: list[list[MetricRow]]) -> list[MetricRow]:
         out.append(MetricRow(
             key=key, section=first.section, name=first.name, model=model, reference=reference,
             gap=gap, kind=first.kind, good=first.good, model_std=model_std,
-            reference_std=reference_std, gap_std=gap_std,
+            reference_std=reference_std, gap_std=gap_std, single=first.single,
         ))
     return out
 
@@ -238,7 +242,7 @@ class EvaluationReport:
             for r in rows:
                 cells = [
                     r.name, format_value(r.model, r.kind, r.model_std),
-                    format_value(r.reference, r.kind, r.reference_std),
+                    "-" if r.single else format_value(r.reference, r.kind, r.reference_std),
                     "" if r.gap is None and r.gap_std is None
                     else format_value(r.gap, r.kind, r.gap_std),
                 ]
@@ -268,7 +272,7 @@ class EvaluationReport:
         """The tables rendered as plain text."""
         from rich.console import Console
 
-        console = Console(width=width, record=True, file=_NullFile(), color_system=None)
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
         console.print(self.table(explain=explain))
         console.print(self.timings_table())
         return console.export_text()
@@ -313,9 +317,11 @@ class EvaluationReport:
                       "|---|---:|---:|---:|---|"]
             for r in rows:
                 gap = "" if r.gap is None else format_value(r.gap, r.kind, r.gap_std)
+                reference = ("-" if r.single
+                             else format_value(r.reference, r.kind, r.reference_std))
                 lines.append(
                     f"| {r.name} | {format_value(r.model, r.kind, r.model_std)} | "
-                    f"{format_value(r.reference, r.kind, r.reference_std)} | {gap} | "
+                    f"{reference} | {gap} | "
                     f"{r.good} |"
                 )
             lines.append("")
@@ -356,10 +362,3 @@ def _has_matplotlib() -> bool:
         return False
     return True
 
-
-class _NullFile:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass

@@ -6,7 +6,7 @@
 * the NeurIPS 2023 challenge kit's logistic regression on the loss
   (:func:`logistic_loss_attack`);
 * LiRA and U-LiRA with a few shadow models (:func:`train_shadows`,
-  :func:`likelihood_ratio_scores`, :func:`shadow_membership`).
+  :func:`likelihood_ratio_scores`, :func:`shadow_membership`, :func:`ulira_leave_one_out`).
 
 Every score follows one convention: higher means "more likely a member".
 """
@@ -16,6 +16,7 @@ from expunge.evaluation.attacks._lira import (
     likelihood_ratio_scores,
     shadow_membership,
     train_shadows,
+    ulira_leave_one_out,
 )
 from expunge.evaluation.attacks._logistic import LogisticAttackResult, logistic_loss_attack
 from expunge.evaluation.attacks._svc import SVC_PARAMS, svc_mia_efficacy
@@ -37,4 +38,5 @@ __all__ = [
     "svc_mia_efficacy",
     "threshold_attack",
     "train_shadows",
+    "ulira_leave_one_out",
 ]
