@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -126,6 +127,17 @@ class FittedModel(ABC):
     @abstractmethod
     def predict_proba(self, X: torch.Tensor) -> torch.Tensor:
         """Class probabilities, shape ``(n, n_classes)``."""
+
+    def fit_details(self) -> dict[str, Any]:
+        """Facts about the fit worth keeping in its ledger entry (e.g. precompute seconds)."""
+        info = getattr(self, "info", None) or {}
+
+        def scalar(value: Any) -> bool:
+            if isinstance(value, float):
+                return math.isfinite(value)
+            return isinstance(value, (bool, int, str))
+
+        return {k: v for k, v in info.items() if scalar(v)}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -300,7 +312,8 @@ class UnlearningStrategy(ABC):
                 "samples_retrained": len(dataset), "sample_passes": self._fit_passes(fitted),
                 "submodels_retrained": [], "seconds": time.perf_counter() - started,
                 "purged": purged,
-                "details": {"dataset_fingerprint": dataset.fingerprint(),
+                "details": {**fitted.fit_details(),
+                            "dataset_fingerprint": dataset.fingerprint(),
                             "n_samples": len(dataset)},
             })
         except BaseException:
