@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from expunge._validation import Check, Constraint, Interval, Options
 
 TRAINING_CONSTRAINTS: dict[str, list[Constraint]] = {
-    "model": [str, Check(callable, "a callable returning an nn.Module")],
+    # a factory, not a module instance: every sub-model needs its own fresh, seeded init
+    "model": [str, Check(lambda v: callable(v) and not isinstance(v, nn.Module),
+                         "a callable returning an nn.Module (not a module instance)")],
     "model_params": [None, dict],
     "epochs": [Interval(int, 1, None)],
     "batch_size": [Interval(int, 1, None)],
