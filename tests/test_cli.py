@@ -100,5 +100,5 @@ def test_demo_runs_and_proves_history_independence(capsys, tmp_path):
     assert code == 0, err
     assert (tmp_path / "sisa" / "manifest.json").is_file()
     s = expunge.open(tmp_path / "sisa")
-    assert len(s.ledger) == 3 and s.verify() == 3
+    assert len(s.ledger) == 4 and s.verify() == 4  # fit, 2 requests, the evaluated batch
     s.close()
