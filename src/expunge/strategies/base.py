@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from expunge._hashing import sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
 from expunge._version import __version__
@@ -385,7 +386,15 @@ class UnlearningStrategy(ABC):
 
     @staticmethod
     def _write_data(store: Store, data: IndexedDataset) -> str:
-        name = DATA_BLOB_PREFIX + data.fingerprint()[:24]
+        """Write the retained training data; return its blob name.
+
+        The name is a hash of the original dataset's fingerprint (in the manifest) and the
+        retained ids: the rows of a retained id never change, so this identifies the
+        content without hashing every input again on each request.
+        """
+        manifest = store.read_manifest() or {}
+        original = manifest.get("dataset", {}).get("fingerprint", "")
+        name = DATA_BLOB_PREFIX + sha256_ids(data.ids, prefix=f"{original}|")[:24]
         store.write_blob(
             name, {"X": data.X, "y": data.y, "ids": torch.from_numpy(np.array(data.ids))},
             {"n_classes": str(data.n_classes)}, shared=True,
