@@ -16,7 +16,8 @@ def test_every_spec_loads_and_names_a_known_kind():
     for name, path in specs.items():
         spec = load_spec(path)
         assert spec.kind in KINDS, name
-        assert spec.reference in spec.strategies, name
+        if spec.kind != "mislabel":  # E6's references are the random and optimal curves
+            assert spec.reference in spec.strategies, name
         quick = spec.resolved(quick=True)
         assert quick.dataset == "digits", f"{name}: --quick must run on the embedded digits"
 
@@ -32,7 +33,9 @@ def test_bench_all_quick_writes_json_tables_and_plots(tmp_path, capsys):
         assert result["rows"], name
         assert f"## {name}:" in report
         reference = result["spec"]["reference"]
-        assert any(r["strategy"] == reference for r in result["rows"])
+        labels = {str(v) for r in result["rows"] for k, v in r.items()
+                  if k in ("strategy", "curve", "variant", "method", "value")}
+        assert any(label.startswith(reference) for label in labels), (name, labels)
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 5_000 for p in pngs)
 

@@ -232,7 +232,8 @@ def param_sweep(ctx: Context) -> dict[str, Any]:
         reports = [strategy.forget([int(i)]) for i in singles]
         strategy.close()
         rows.append({
-            "param": param, "value": "none" if value is None else value, "test_acc": test_acc,
+            "param": param, "value": "none" if value is None else value, "strategy": label,
+            "test_acc": test_acc,
             "fit_seconds": fit_seconds,
             "single_seconds": statistics.median(r.seconds for r in reports),
             "single_passes": statistics.median(r.sample_passes for r in reports),
@@ -240,6 +241,19 @@ def param_sweep(ctx: Context) -> dict[str, Any]:
             "untouched": sum(r.sample_passes == 0 for r in reports) / len(reports),
         })
         ctx.log(f"  {param}={value}: TA {test_acc:.4f}, {rows[-1]['single_passes']:.0f} passes")
+    for baseline in settings.get("baselines", [ctx.spec.reference]):
+        strategy, fit_seconds = ctx.fitted_copy(baseline)
+        test_acc = accuracy(strategy, test)
+        reports = [strategy.forget([int(i)]) for i in singles]
+        strategy.close()
+        rows.append({
+            "param": param, "value": f"{baseline} (reference)", "strategy": baseline,
+            "test_acc": test_acc, "fit_seconds": fit_seconds,
+            "single_seconds": statistics.median(r.seconds for r in reports),
+            "single_passes": statistics.median(r.sample_passes for r in reports),
+            "single_retrained": statistics.median(r.samples_retrained for r in reports),
+            "untouched": sum(r.sample_passes == 0 for r in reports) / len(reports),
+        })
     return {"rows": rows}
 
 
