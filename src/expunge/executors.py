@@ -23,10 +23,10 @@ Executors:
     Jobs run one after another in the calling process (with the thread count pinned to
     ``threads_per_job`` while they run).
 ``"process"``
-    A local pool of ``n_jobs`` worker processes (``spawn`` start method: forking a process
-    whose OpenMP threads already run is unsafe), each pinned to ``threads_per_job`` threads.
-    The pool is kept for later requests of this process (start-up, ~2 s, is paid once);
-    :func:`shutdown` ends it.
+    A local pool of ``n_jobs`` worker processes, each pinned to ``threads_per_job`` threads,
+    started through a ``forkserver`` (``spawn`` where there is none; never ``fork``: forking
+    a process whose OpenMP threads already run is unsafe). The pool is kept for later
+    requests of this process (start-up, 2-5 s, is paid once); :func:`shutdown` ends it.
 ``"ray"``
     Ray tasks with ``num_cpus=threads_per_job`` on an existing cluster (``address``) or on a
     local one started on first use. Needs the optional extra: ``pip install 'expunge[ray]'``.
@@ -92,10 +92,33 @@ def pinned_threads(threads: int) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+_WORKER_READY = False
+
+
+def _prepare_worker() -> None:
+    """Pay a worker's one-time costs before its first job (~2 s on first use).
+
+    The first optimizer built in a process imports torch's lazy modules (torch._dynamo);
+    doing it here makes that part of the executor's start-up, where it belongs, rather
+    than of the first job.
+    """
+    global _WORKER_READY
+    if _WORKER_READY:
+        return
+    import expunge.strategies  # noqa: F401  (the modules jobs unpickle into)
+
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    weight.sum().backward()
+    optimizer.step()
+    _WORKER_READY = True
+
+
 def _run_pinned(threads: int, fn: Callable[..., T], *args: Any) -> T:
     """The body of every job in a worker: pin the thread count, then run ``fn``."""
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+    _prepare_worker()
     return fn(*args)
 
 
@@ -212,6 +235,19 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # already set in this process
         torch.set_num_interop_threads(1)
+    _prepare_worker()
+
+
+#: what the forkserver imports once, so that each worker forked from it starts ready
+#: (torch._dynamo is what the first optimizer imports: ~2 s per fresh interpreter)
+FORKSERVER_PRELOAD = ["__main__", "expunge.executors", "expunge.strategies", "torch._dynamo"]
+
+
+def default_start_method() -> str:
+    """``forkserver`` where the platform has it (Linux, macOS), else ``spawn``."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 def _reusable_pool(n_jobs: int, threads: int, start_method: str) -> ProcessPoolExecutor:
@@ -222,8 +258,13 @@ def _reusable_pool(n_jobs: int, threads: int, start_method: str) -> ProcessPoolE
         pool = _POOLS.get(key)
         if pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread",
                                                                        False):
+            context = multiprocessing.get_context(start_method)
+            if start_method == "forkserver":
+                # the server imports torch but runs no kernel (no OpenMP threads yet), so
+                # forking workers from it is safe; modules that fail to import are skipped
+                context.set_forkserver_preload(FORKSERVER_PRELOAD)
             pool = ProcessPoolExecutor(
-                max_workers=n_jobs, mp_context=multiprocessing.get_context(start_method),
+                max_workers=n_jobs, mp_context=context,
                 initializer=_init_worker, initargs=(threads,),
             )
             _POOLS[key] = pool
@@ -259,22 +300,26 @@ def _chain(source: Future[Any], translate: Callable[[BaseException], BaseExcepti
 class ProcessExecutor(_ExecutorBase):
     """A local process pool: ``n_jobs`` workers with ``threads_per_job`` torch threads each.
 
-    Workers are started with ``spawn`` (or ``forkserver``), never ``fork``: torch's OpenMP
-    threads do not survive a fork. The pool is cached per ``(n_jobs, threads_per_job,
-    start_method)`` and reused by later requests; a pool that lost a worker is discarded.
+    Workers are forked from a ``forkserver`` (``spawn`` where there is none), never from this
+    process with ``fork``: torch's OpenMP threads do not survive a fork. The forkserver
+    imports torch, expunge and the caller's ``__main__`` once, so workers start in
+    milliseconds after it. The pool is cached per ``(n_jobs, threads_per_job, start_method)``
+    and reused by later requests; a pool that lost a worker is discarded.
 
-    Cost: start-up ~1.5-2 s (a fresh interpreter importing torch per worker), paid once per
-    process; per job, a pickled job description and data rows through shared memory.
+    Cost: start-up ~2-3 s once per process (one interpreter importing torch; ``spawn``: one
+    per worker, in parallel); per job, a pickled job description (the strategy's parameters
+    only on a worker's first job) and the data rows through shared memory.
     """
 
     name = "process"
 
     def __init__(self, n_jobs: int | None = None, threads_per_job: int = 1,
-                 start_method: str = "spawn") -> None:
+                 start_method: str | None = None) -> None:
         self.threads_per_job = _check_threads(threads_per_job)
         n_jobs = _check_n_jobs(n_jobs)
         self.n_jobs = n_jobs if n_jobs is not None else max(
             1, available_cpus() // self.threads_per_job)
+        start_method = start_method or default_start_method()
         if start_method not in ("spawn", "forkserver"):
             raise InvalidParameterError(
                 f"start_method must be 'spawn' or 'forkserver'; got {start_method!r} ('fork' "
@@ -288,6 +333,15 @@ class ProcessExecutor(_ExecutorBase):
         if self._pool is None:
             self._pool = _reusable_pool(self.n_jobs, self.threads_per_job, self.start_method)
         return self._pool
+
+    def share(self, obj: Any) -> Any:
+        # torch sends tensors through shared memory (no copy through the pipe); a /dev/shm
+        # too small for them (64 MB in a default Docker container) would kill the worker
+        # with SIGBUS instead, so then they travel as plain arrays, pickled by value
+        needed = _nbytes(obj)
+        if needed == 0 or _shared_memory_free() >= 2 * needed:
+            return obj
+        return _as_arrays(obj)
 
     def warm_up(self) -> float:
         """Start every worker now; returns the seconds it took (0 if they were running)."""
@@ -324,6 +378,32 @@ class ProcessExecutor(_ExecutorBase):
 
 def _noop() -> int:
     return os.getpid()
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return int(obj.numel() * obj.element_size())
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(item) for item in obj)
+    return 0
+
+
+def _as_arrays(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_as_arrays(item) for item in obj)
+    return obj
+
+
+def _shared_memory_free() -> int:
+    """Free bytes in /dev/shm (0 where there is none: then nothing goes through it)."""
+    import shutil
+
+    try:
+        return int(shutil.disk_usage("/dev/shm").free)
+    except OSError:
+        return 0
 
 
 # --------------------------------------------------------------------------- ray
@@ -391,6 +471,13 @@ class RayExecutor(_ExecutorBase):
         if _RAY_STATE["task"] is None:
             _RAY_STATE["task"] = self.ray.remote(_run_pinned)
         return _RAY_STATE["task"]
+
+    def warm_up(self) -> float:
+        """Start ``n_jobs`` workers (each imports torch) now; returns the seconds it took."""
+        started = time.perf_counter()
+        for future in [self.submit(_noop) for _ in range(self.n_jobs)]:
+            future.result()
+        return time.perf_counter() - started
 
     def dumps(self, obj: Any) -> bytes:
         # cloudpickle sends lambdas and functions defined in __main__ by value
@@ -463,6 +550,13 @@ atexit.register(shutdown)
 
 
 # ----------------------------------------------------------------------- scheduler
+#: facts about the last :func:`run_chains` of this process (for benchmarks): executor,
+#: slots, jobs, wall_seconds, job_seconds (time spent inside jobs, as the workers measured
+#: it; setup_seconds of it loading strategy, data and checkpoint) and
+#: utilisation = job_seconds / (slots * wall_seconds)
+LAST_RUN: dict[str, Any] = {}
+
+
 def run_chains(
     executor: Executor,
     chains: Mapping[int, Sequence[tuple[int, float]]],
@@ -486,6 +580,10 @@ def run_chains(
     On the first failure, queued jobs are cancelled, running ones are waited for (so no
     worker still writes when this returns) and the error is raised.
     """
+    started = time.perf_counter()
+    busy_seconds = 0.0
+    setup_seconds = 0.0
+    jobs = 0
     next_index = {k: 0 for k in chains}
     remaining = {k: float(sum(cost for _, cost in blocks)) for k, blocks in chains.items()}
     running: dict[Future[Any], tuple[int, int]] = {}
@@ -502,6 +600,12 @@ def run_chains(
                 running[executor.submit(fn, *args)] = (k, block)
                 busy.add(k)
             if not running:
+                wall = time.perf_counter() - started
+                LAST_RUN.clear()
+                LAST_RUN.update(executor=executor.name, slots=executor.n_jobs, jobs=jobs,
+                                wall_seconds=wall, job_seconds=busy_seconds,
+                                setup_seconds=setup_seconds,
+                                utilisation=busy_seconds / max(wall * executor.n_jobs, 1e-12))
                 return
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: running[f]):
@@ -511,11 +615,14 @@ def run_chains(
                 remaining[k] -= chains[k][next_index[k]][1]
                 next_index[k] += 1
                 on_done(k, block, result)
-    except Exception:
+                jobs += 1
+                busy_seconds += float(getattr(result, "seconds", 0.0))
+                setup_seconds += float(getattr(result, "setup_seconds", 0.0))
+    except BaseException as error:
         for future in running:
             future.cancel()
         pending = [f for f in running if not f.done()]
-        if pending:
+        if pending and isinstance(error, Exception):  # not on Ctrl-C: return at once
             wait(pending)
         raise
 

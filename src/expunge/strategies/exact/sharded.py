@@ -24,6 +24,8 @@ import copy
 import hashlib
 import json
 import sys
+import time
+import warnings
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ from torch import nn
 from expunge._hashing import derive_key, sha256_ids
 from expunge._progress import Progress
 from expunge.data._dataset import IndexedDataset
-from expunge.exceptions import InvalidParameterError, StoreError
+from expunge.exceptions import InvalidParameterError, NondeterminismWarning, StoreError
 from expunge.models import build_model, seeded_init
 from expunge.store import Checkpoint, Store, pack, unpack
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
@@ -326,9 +328,16 @@ class ShardedStrategy(UnlearningStrategy):
         finally:
             executor.close()
         result = {}
-        for k in todo:  # nothing left to train: this loads the last checkpoint
-            submodel, _ = self._train_submodel(k, plans[k], all_keys[k], plans[k].n_blocks, data,
-                                               store, progress, task)
+        for k in todo:  # the final checkpoints, as _restore loads them
+            module = self._new_module(k, data.input_shape, data.n_classes)
+            keys = all_keys[k]
+            extras: dict[str, torch.Tensor] = {}
+            if keys:
+                checkpoint = unpack(*store.read_blob(checkpoint_blob(k, len(keys) - 1, keys[-1])))
+                module.load_state_dict(checkpoint.model)
+                extras = checkpoint.extras
+            module.eval()
+            submodel = Submodel(k, keys, module, extras, n_trained=len(plans[k].all_ids()))
             result[k] = (submodel, passes.get(k, 0))
         return result
 
@@ -347,6 +356,7 @@ class ShardedStrategy(UnlearningStrategy):
         manifest = manifest_digest_of(store.read_manifest() or {}) if directory else ""
         rows: dict[int, Any] = {}
         passes: dict[int, int] = dict.fromkeys(chains, 0)
+        here, warned = _kernel_platform(), set()
 
         def make_job(k: int, block: int) -> tuple[Any, tuple[Any, ...]]:
             plan, keys = plans[k], all_keys[k]
@@ -372,6 +382,13 @@ class ShardedStrategy(UnlearningStrategy):
                 )
             passes[k] += result.passes
             progress.advance(task, plans[k].epochs[block])
+            if result.platform != here and result.platform not in warned:
+                warned.add(result.platform)
+                warnings.warn(
+                    f"A worker trained with {result.platform}, this process runs "
+                    f"{here}: other kernels may give other bits, so fit and forget are no "
+                    "longer bit-for-bit reproducible. Use nodes of one CPU type and one torch "
+                    "version (see docs/parallel.md).", NondeterminismWarning, stacklevel=2)
 
         costs = {k: [(b, float(len(plans[k].training_ids(b)) * plans[k].epochs[b] + 1))
                      for b in range(starts[k], plans[k].n_blocks)] for k in chains}
@@ -502,6 +519,15 @@ class _BlockResult:
     passes: int
     # memory store: the checkpoint the worker wrote, for the parent to store
     blobs: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]
+    seconds: float = 0.0  # spent in the worker on this job (for benchmarks)
+    setup_seconds: float = 0.0  # of which: loading strategy, data and checkpoint
+    platform: str = ""  # torch version and CPU kernel set the worker trained with
+
+
+def _kernel_platform() -> str:
+    """What decides which CPU kernels run: torch's version and the instruction set it uses."""
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return f"torch {torch.__version__}, {capability() if capability else 'unknown'} kernels"
 
 
 def _run_block_job(
@@ -511,6 +537,7 @@ def _run_block_job(
     from expunge._progress import NO_PROGRESS
     from expunge.executors import WorkerDirectoryStore, WorkerMemoryStore, load_cached
 
+    started = time.perf_counter()
     strategy = load_cached(job.digest, job.payload)
     X, y, ids = rows
     data = IndexedDataset(X, y, ids, n_classes=job.n_classes)
@@ -522,10 +549,11 @@ def _run_block_job(
     k, plan, keys = job.submodel, job.plan, job.keys
     module, optimizer, extras = strategy._resume_submodel(
         k, plan, keys, job.block, data.input_shape, data.n_classes, store)
+    setup = time.perf_counter() - started
     _, passes = strategy._train_blocks(k, plan, keys, module, optimizer, extras, job.block,
                                        job.block + 1, data, store, NO_PROGRESS, None)
     blobs = store.new_blobs() if isinstance(store, WorkerMemoryStore) else {}
-    return _BlockResult(passes, blobs)
+    return _BlockResult(passes, blobs, time.perf_counter() - started, setup, _kernel_platform())
 
 
 def _pickles(executor: Any, value: Any) -> bool:
@@ -537,10 +565,7 @@ def _pickles(executor: Any, value: Any) -> bool:
 
 
 def _require_ray() -> None:
-    import importlib.util
+    """Fail early, before any training, when executor='ray' but Ray is not installed."""
+    from expunge.executors import _import_ray
 
-    if importlib.util.find_spec("ray") is None:
-        raise InvalidParameterError(
-            "executor='ray' needs Ray, which is not installed: pip install 'expunge[ray]' "
-            "(or use executor='process' on one machine)."
-        )
+    _import_ray()

@@ -1,0 +1,396 @@
+"""Executors (issue 7): serial, process pool (and Ray in test_executors_ray.py).
+
+The claim under test: the executor changes where sub-models train, never the bits; a worker
+that dies fails the request with WorkerError and leaves model, ledger and store as they were.
+The process pool is started once per test worker (~3-5 s on 2 busy cores) and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import expunge
+from expunge import executors
+from expunge.data import IndexedDataset
+from expunge.exceptions import (
+    ExpungeError,
+    InvalidParameterError,
+    NondeterminismWarning,
+    StoreError,
+    StoreMismatchError,
+    WorkerError,
+)
+from expunge.executors import (
+    ProcessExecutor,
+    SerialExecutor,
+    WorkerDirectoryStore,
+    make_executor,
+    pinned_threads,
+    run_chains,
+)
+from expunge.store import DirectoryStore
+
+SMALL = dict(n_shards=3, n_slices=2, epochs=2, batch_size=16, lr=0.1, momentum=0.9, seed=3)
+
+
+# ----------------------------------------------------------- test-only model factories
+_FORWARDS = {"after_switch": 0}
+
+
+class DyingNet(nn.Module):
+    """A linear model that kills its worker process (os._exit) once ``kill_switch`` exists:
+    on its ``die_after``-th training forward in that worker. Never in the test process."""
+
+    def __init__(self, n_in: int, n_classes: int, kill_switch: str, driver_pid: int,
+                 die_after: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_classes)
+        self.kill_switch, self.driver_pid, self.die_after = kill_switch, driver_pid, die_after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and os.getpid() != self.driver_pid and os.path.exists(self.kill_switch):
+            _FORWARDS["after_switch"] += 1
+            if _FORWARDS["after_switch"] >= self.die_after:
+                os._exit(17)
+        return self.linear(x.flatten(1))
+
+
+def dying_linear(*, input_shape: tuple[int, ...], n_classes: int, kill_switch: str,
+                 driver_pid: int, die_after: int = 20) -> nn.Module:
+    return DyingNet(int(np.prod(input_shape)), n_classes, kill_switch, driver_pid, die_after)
+
+
+def ids_in_first_slice(model: expunge.SISA, data: IndexedDataset, per_shard: int = 1) -> list[int]:
+    """``per_shard`` ids in slice 0 of every shard: each shard then retrains in full."""
+    shard, slice_ = model.partition(data.ids)
+    picked: list[int] = []
+    for s in range(model.n_shards):
+        picked += data.ids[(shard == s) & (slice_ == 0)][:per_shard].tolist()
+    return picked
+
+
+# ------------------------------------------------------------------ bitwise equality
+def _fingerprints(cls: type, params: dict[str, Any], data: IndexedDataset,
+                  requests: list[list[int]], **runtime: Any) -> list[str]:
+    model = cls(**params, **runtime).fit(data)
+    prints = [model.fingerprint()]
+    for ids in requests:
+        model.forget(ids)
+        prints.append(model.fingerprint())
+    model.close()
+    return prints
+
+
+@pytest.mark.parametrize(("model_name", "store"), [("logreg", "memory"), ("mlp", "directory")])
+def test_process_equals_serial_after_fit_and_forgets(digits, tmp_path, model_name, store):
+    train, _ = digits
+    params = dict(SMALL, model=model_name, model_params={"hidden_sizes": [24]}
+                  if model_name == "mlp" else None)
+    probe = expunge.SISA(**params)
+    first = ids_in_first_slice(probe, train)  # all 3 shards retrain: the pool is used
+    requests = [first, [int(train.ids[100])], [int(i) for i in train.ids[200:230]]]
+    serial = _fingerprints(expunge.SISA, params, train, requests, executor="serial")
+    executors.LAST_RUN.clear()
+    location = tmp_path / "store" if store == "directory" else None
+    process = _fingerprints(expunge.SISA, params, train, requests, executor="process",
+                            n_jobs=2, store=location)
+    assert executors.LAST_RUN.get("executor") == "process"  # the pool did train blocks
+    assert process == serial
+    assert len(set(serial)) == len(serial)  # every request changed the model
+    # history independence across executors: process forgets == serial fit without the ids
+    dropped = train.drop(sorted({i for ids in requests for i in ids}))
+    assert expunge.SISA(**params).fit(dropped).fingerprint() == process[-1]
+
+
+def test_data_goes_through_the_pipe_when_shared_memory_is_short(digits, monkeypatch):
+    train, _ = digits
+    data = train.select(train.ids[:300])
+    monkeypatch.setattr(executors, "_shared_memory_free", lambda: 0)
+    shared = ProcessExecutor(n_jobs=2).share((data.X, data.y, data.ids))
+    assert isinstance(shared[0], np.ndarray)  # pickled by value, not via /dev/shm
+    params = dict(SMALL, model="logreg")
+    serial = expunge.SISA(**params).fit(data).fingerprint()
+    assert expunge.SISA(**params, executor="process", n_jobs=2).fit(data).fingerprint() == serial
+
+
+def test_workers_with_other_kernels_are_reported(digits, monkeypatch):
+    """A worker whose torch/CPU kernels differ from this process's breaks bitwise claims."""
+    from expunge.strategies.exact import sharded
+
+    train, _ = digits
+    monkeypatch.setattr(sharded, "_kernel_platform", lambda: "torch 0.0, other kernels")
+    model = expunge.SISA(**SMALL, model="logreg", executor="process", n_jobs=2)
+    with pytest.warns(NondeterminismWarning, match="other kernels"):
+        model.fit(train.select(train.ids[:300]))
+
+
+def test_process_equals_serial_for_a_convolutional_model(digits):
+    train, _ = digits
+    data = train.select(train.ids[:400])
+    params = dict(SMALL, model="lenet", epochs=2, n_slices=1)
+    requests = [ids_in_first_slice(expunge.SISA(**params), data)]
+    serial = _fingerprints(expunge.SISA, params, data, requests)
+    process = _fingerprints(expunge.SISA, params, data, requests, executor="process", n_jobs=2)
+    assert process == serial
+
+
+def test_arcane_process_equals_serial_when_registered(digits):
+    try:
+        cls = expunge.get_strategy("arcane")
+    except ExpungeError:
+        pytest.skip("ARCANE is not registered yet")
+    if "executor" not in cls._param_names():
+        pytest.skip("ARCANE has no executor parameter")
+    train, _ = digits
+    data = train.select(train.ids[:600])
+    params = cls._test_params()
+    requests = [[int(data.ids[0]), int(data.ids[1]), int(data.ids[2])], [int(data.ids[50])]]
+    serial = _fingerprints(cls, params, data, requests, executor="serial")
+    process = _fingerprints(cls, params, data, requests, executor="process", n_jobs=2)
+    assert process == serial
+
+
+def test_retrain_with_process_executor_trains_in_this_process(digits):
+    """One sub-model is one sequential chain: it runs here, and gives the same bits."""
+    train, _ = digits
+    data = train.select(train.ids[:300])
+    params = dict(model="logreg", epochs=2, batch_size=16, lr=0.1, seed=1)
+    executors.LAST_RUN.clear()
+    with_pool = expunge.Retrain(**params, executor="process").fit(data)
+    assert executors.LAST_RUN == {}  # no job was sent to a pool
+    assert with_pool.fingerprint() == expunge.Retrain(**params).fit(data).fingerprint()
+
+
+def test_callers_thread_count_does_not_change_the_bits(digits):
+    """Training is pinned to threads_per_job (1): without the pin, 1 and 2 intra-op threads
+    give different weights on this machine, so this test can fail."""
+    train, _ = digits
+    data = train.select(train.ids[:500])
+    params = dict(SMALL, model="mlp", model_params={"hidden_sizes": [64]})
+    before = torch.get_num_threads()
+    prints = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            prints.append(expunge.SISA(**params).fit(data).fingerprint())
+            assert torch.get_num_threads() == threads  # restored after training
+    finally:
+        torch.set_num_threads(before)
+    assert prints[0] == prints[1]
+
+
+# -------------------------------------------------------------------- worker deaths
+def test_killed_worker_fails_cleanly_and_the_store_stays_consistent(digits, tmp_path):
+    train, _ = digits
+    kill = tmp_path / "kill-switch"
+    store = tmp_path / "store"
+    params = dict(SMALL, model=dying_linear,
+                  model_params={"kill_switch": str(kill), "driver_pid": os.getpid()})
+
+    # 1. a worker dies during fit: nothing is committed, the store has no fit to reopen
+    kill.touch()
+    model = expunge.SISA(**params, executor="process", n_jobs=2, store=store)
+    with pytest.raises(WorkerError, match="died"):
+        model.fit(train)
+    assert not model.is_fitted
+    with pytest.raises(StoreMismatchError, match="no committed fit"):
+        expunge.open(store, model=dying_linear)
+    kill.unlink()
+
+    # 2. fitting again resumes from the checkpoints written before the crash, exactly
+    model = expunge.SISA(**params, executor="process", n_jobs=2, store=store).fit(train)
+    reference = expunge.SISA(**params).fit(train)
+    assert model.fingerprint() == reference.fingerprint()
+    fingerprint, entries = model.fingerprint(), len(model.ledger)
+    live = model.store_.list_blobs()
+
+    # 3. a worker dies during forget: model, ledger and committed state are unchanged
+    request = ids_in_first_slice(model, train)
+    kill.touch()
+    with pytest.raises(WorkerError):
+        model.forget(request)
+    kill.unlink()
+    assert model.fingerprint() == fingerprint
+    assert len(model.ledger) == entries
+    assert model.store_.list_blobs() >= live  # nothing was purged; maybe new orphans
+    model.verify()
+    model.close()
+
+    # 4. reopening gives the previous state and deletes the orphans
+    reopened = expunge.open(store, model=dying_linear, executor="serial")
+    assert reopened.fingerprint() == fingerprint
+    assert len(reopened.ledger) == entries
+    assert reopened.store_.list_blobs() == live
+    assert reopened.verify() == entries
+    # 5. and the request can be made again: exact, as if the crash never happened
+    reopened.forget(request)
+    assert reopened.fingerprint() == expunge.SISA(**params).fit(train.drop(request)).fingerprint()
+    reopened.close()
+
+
+def test_unpicklable_model_is_refused_with_a_fix(digits):
+    train, _ = digits
+    data = train.select(train.ids[:200])
+    model = expunge.SISA(**SMALL, model=lambda input_shape, n_classes: nn.Linear(64, n_classes),
+                         executor="process", n_jobs=2)
+    with pytest.raises(InvalidParameterError, match="module-level function.*executor='serial'"):
+        model.fit(data)
+    assert not model.is_fitted
+
+
+def test_missing_ray_is_reported_with_the_install_command(digits, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    train, _ = digits
+    model = expunge.SISA(**SMALL, model="logreg", executor="ray")
+    with pytest.raises(InvalidParameterError, match=r"expunge\[ray\]"):
+        model.fit(train.select(train.ids[:200]))
+    with pytest.raises(InvalidParameterError, match=r"expunge\[ray\]"):
+        make_executor("ray")
+
+
+# ------------------------------------------------------------------ executor units
+def _threads_and_pid() -> tuple[int, int]:
+    return torch.get_num_threads(), os.getpid()
+
+
+def _fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_serial_executor_pins_threads_and_restores_them():
+    before = torch.get_num_threads()
+    executor = SerialExecutor(threads_per_job=2)
+    threads, pid = executor.submit(_threads_and_pid).result()
+    assert (threads, pid) == (2, os.getpid())
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="boom"):
+        executor.submit(_fail, "boom").result()
+    assert torch.get_num_threads() == before
+
+
+def test_process_executor_runs_jobs_elsewhere_with_pinned_threads():
+    executor = ProcessExecutor(n_jobs=2)
+    threads, pid = executor.submit(_threads_and_pid).result(timeout=120)
+    assert threads == 1 and pid != os.getpid()
+    with pytest.raises(ValueError, match="in a worker"):  # a job's own error, as it is
+        executor.submit(_fail, "in a worker").result(timeout=120)
+    assert executor.submit(_threads_and_pid).result(timeout=120)[1] != os.getpid()
+
+
+def test_make_executor_validates_its_arguments():
+    assert isinstance(make_executor("serial"), executors.Executor)
+    assert make_executor("process", n_jobs=3).n_jobs == 3
+    with pytest.raises(InvalidParameterError, match="'thread'"):
+        make_executor("thread")
+    with pytest.raises(InvalidParameterError, match="n_jobs"):
+        make_executor("process", n_jobs=0)
+    with pytest.raises(InvalidParameterError, match="threads_per_job"):
+        make_executor("serial", threads_per_job=0)
+    with pytest.raises(InvalidParameterError, match="fork"):
+        ProcessExecutor(start_method="fork")
+    with pinned_threads(1):
+        assert torch.get_num_threads() == 1
+
+
+def test_strategy_rejects_an_unknown_executor(digits):
+    train, _ = digits
+    with pytest.raises(InvalidParameterError, match="executor"):
+        expunge.SISA(**SMALL, model="logreg", executor="threads").fit(train)
+
+
+class _ThreadExecutor:
+    """A two-slot executor on threads, to watch the scheduler's invariants."""
+
+    name = "threads"
+    threads_per_job = 1
+
+    def __init__(self, n_jobs: int) -> None:
+        self.n_jobs = n_jobs
+        self.pool = ThreadPoolExecutor(n_jobs)
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        return self.pool.submit(fn, *args)
+
+
+def test_run_chains_keeps_order_within_chains_and_bounds_concurrency():
+    lock = threading.Lock()
+    state = {"running": 0, "max": 0}
+    in_flight: set[int] = set()
+    finished: list[tuple[int, int]] = []
+
+    def job(chain: int, block: int) -> tuple[int, int]:
+        with lock:
+            assert chain not in in_flight  # never two blocks of one chain at once
+            in_flight.add(chain)
+            state["running"] += 1
+            state["max"] = max(state["max"], state["running"])
+        time.sleep(0.01)
+        with lock:
+            in_flight.discard(chain)
+            state["running"] -= 1
+        return chain, block
+
+    chains = {k: [(b, 1.0) for b in range(4)] for k in range(5)}
+
+    def on_done(chain: int, block: int, result: tuple[int, int]) -> None:
+        assert result == (chain, block)
+        finished.append(result)
+
+    run_chains(_ThreadExecutor(2), chains, lambda k, b: (job, (k, b)), on_done)
+    assert sorted(finished) == [(k, b) for k in range(5) for b in range(4)]
+    for k in range(5):
+        assert [b for c, b in finished if c == k] == [0, 1, 2, 3]
+    assert state["max"] == 2
+
+
+def test_run_chains_starts_the_longest_remaining_chain_first():
+    order: list[tuple[int, int]] = []
+    chains = {0: [(0, 1.0), (1, 1.0)], 1: [(0, 5.0)], 2: [(3, 3.0)]}
+    run_chains(SerialExecutor(), chains, lambda k, b: (_threads_and_pid, ()),
+               lambda k, b, _: order.append((k, b)))
+    assert order == [(1, 0), (2, 3), (0, 0), (0, 1)]
+
+
+def test_run_chains_stops_at_the_first_failure():
+    started: list[int] = []
+
+    def make(k: int, b: int) -> tuple[Any, tuple[Any, ...]]:
+        started.append(k)
+        return (_fail, ("chain 0 fails",)) if k == 0 else (_threads_and_pid, ())
+
+    chains = {0: [(0, 9.0)], 1: [(0, 1.0)], 2: [(0, 1.0)]}
+    with pytest.raises(ValueError, match="chain 0 fails"):
+        run_chains(SerialExecutor(), chains, make, lambda *a: None)
+    assert started == [0]
+
+
+# ------------------------------------------------------------ worker-side store views
+def test_worker_store_refuses_another_store_and_never_commits(digits, tmp_path):
+    train, _ = digits
+    model = expunge.SISA(**SMALL, model="logreg", store=tmp_path / "a").fit(
+        train.select(train.ids[:200]))
+    manifest = model.store_.read_manifest()
+    model.close()
+    digest = executors.manifest_digest_of(manifest or {})
+    view = WorkerDirectoryStore(tmp_path / "a", digest)
+    view.write_blob("ckpt/test", {"t": torch.ones(2)})
+    reader = DirectoryStore(tmp_path / "a", create=False)
+    assert reader.has_blob("ckpt/test")
+    reader.close()
+    with pytest.raises(StoreError, match="only the calling process"):
+        view.commit({}, {})
+    with pytest.raises(StoreError, match="not visible from this worker"):
+        WorkerDirectoryStore(tmp_path / "a", "0" * 64)
+    with pytest.raises(StoreError, match="not visible from this worker"):
+        WorkerDirectoryStore(Path(tmp_path / "missing"), digest)
