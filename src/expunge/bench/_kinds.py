@@ -44,6 +44,17 @@ def accuracy(strategy: Any, data: IndexedDataset) -> float:
     return float("nan") if len(data) == 0 else float(strategy.score(data))
 
 
+def single_requests(strategy: Any, ids: Any) -> dict[str, float]:
+    """Forget ``ids`` one request each; medians of their cost (and the share costing nothing)."""
+    reports = [strategy.forget([int(i)]) for i in ids]
+    return {
+        "single_seconds": statistics.median(r.seconds for r in reports),
+        "single_passes": statistics.median(r.sample_passes for r in reports),
+        "single_retrained": statistics.median(r.samples_retrained for r in reports),
+        "untouched": sum(r.sample_passes == 0 for r in reports) / len(reports),
+    }
+
+
 def store_bytes(strategy: Any) -> int:
     path = Path(strategy.store_location)
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -220,7 +231,7 @@ def efficiency(ctx: Context) -> dict[str, Any]:
     for label in ctx.spec.strategies:
         strategy, fit_seconds = ctx.fitted_copy(label)
         fit_entry = strategy.ledger.entries()[0]
-        reports = [strategy.forget([int(i)]) for i in singles]
+        costs = single_requests(strategy, singles)
         size = store_bytes(strategy)
         strategy.close()
         strategy, _ = ctx.fitted_copy(label)
@@ -234,9 +245,7 @@ def efficiency(ctx: Context) -> dict[str, Any]:
         rows.append({
             "strategy": label, "fit_seconds": fit_seconds,
             "precompute_seconds": float(fit_entry.details.get("precompute_seconds", 0.0)),
-            "store_mb": size / 2**20,
-            "single_seconds": statistics.median(r.seconds for r in reports),
-            "single_passes": statistics.median(r.sample_passes for r in reports),
+            "store_mb": size / 2**20, **costs,
             "batch_seconds": batch_report.seconds, "theory": theory,
         })
         ctx.log(f"  {label}: {rows[-1]['single_seconds']:.3f} s per id")
@@ -325,16 +334,14 @@ def budget(ctx: Context) -> dict[str, Any]:
         strategy, _ = ctx.fitted_copy(label)
         fit_passes = strategy.ledger.entries()[0].sample_passes
         test_acc = accuracy(strategy, test)
-        reports = [strategy.forget([int(i)]) for i in singles]
+        costs = single_requests(strategy, singles)
         strategy.close()
         strategy, _ = ctx.fitted_copy(label)
         started = time.perf_counter()
         batch_report = strategy.forget(batch)
         strategy.close()
         rows.append({
-            "strategy": label, "fit_passes": fit_passes, "test_acc": test_acc,
-            "single_seconds": statistics.median(r.seconds for r in reports),
-            "single_passes": statistics.median(r.sample_passes for r in reports),
+            "strategy": label, "fit_passes": fit_passes, "test_acc": test_acc, **costs,
             "batch_seconds": time.perf_counter() - started,
             "batch_passes": batch_report.sample_passes,
         })

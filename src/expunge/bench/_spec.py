@@ -8,10 +8,11 @@ strategies (each a registered name plus its own parameters), experiment settings
 from __future__ import annotations
 
 import copy
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from expunge.exceptions import InvalidParameterError
 
