@@ -361,7 +361,9 @@ class ShardedStrategy(UnlearningStrategy):
         def make_job(k: int, block: int) -> tuple[Any, tuple[Any, ...]]:
             plan, keys = plans[k], all_keys[k]
             if k not in rows:  # this sub-model's rows only, sent once per sub-model
-                sub = data.select(plan.all_ids())
+                # (in position order: the worker selects each block's ids from them, so
+                # the order here does not matter, and a mask is faster than select)
+                sub = data.where(np.isin(data.ids, plan.all_ids()))
                 rows[k] = executor.share((sub.X, sub.y, sub.ids))
             start_blobs = {}
             if directory is None and block > 0:  # memory store: the parent passes it
@@ -530,16 +532,17 @@ def _kernel_platform() -> str:
     return f"torch {torch.__version__}, {capability() if capability else 'unknown'} kernels"
 
 
-def _run_block_job(
-    job: _BlockJob, rows: tuple[torch.Tensor, torch.Tensor, np.ndarray]
-) -> _BlockResult:
+def _run_block_job(job: _BlockJob, rows: tuple[Any, Any, np.ndarray]) -> _BlockResult:
     """Train block ``job.block`` of sub-model ``job.submodel`` in a worker."""
     from expunge._progress import NO_PROGRESS
     from expunge.executors import WorkerDirectoryStore, WorkerMemoryStore, load_cached
 
     started = time.perf_counter()
     strategy = load_cached(job.digest, job.payload)
-    X, y, ids = rows
+    # arrays read from Ray's object store are read-only views: copy them (memcpy) so that
+    # no hook can crash the worker by writing into shared memory
+    X, y, ids = (np.array(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
+                 for a in rows)
     data = IndexedDataset(X, y, ids, n_classes=job.n_classes)
     store: Store
     if job.store_path is not None:
