@@ -69,6 +69,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write a small PNG, and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _with_gaps(rows: list[dict[str, Any]], reference: str, match: list[str],
                fields: list[str]) -> None:
     """Add ``<field>_gap`` = value - the reference strategy's value in the matching row."""
@@ -101,9 +108,7 @@ def _plot_removal(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, 
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("removal", keys=["strategy", "fraction"], plot=_plot_removal, columns=[
@@ -152,9 +157,7 @@ def _plot_class(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("class_removal", keys=["strategy"], plot=_plot_class, columns=[
@@ -206,9 +209,7 @@ def _plot_speedup(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, 
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.legend(fontsize=8)
     ax.set_title(title + " (dashed: SISA theory S·3R/(2R+1))", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("efficiency", keys=["strategy"], plot=_plot_speedup, columns=[
@@ -278,9 +279,7 @@ def _plot_sweep(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
     axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("requests_sweep", keys=["strategy", "fraction"], plot=_plot_sweep, columns=[

@@ -9,7 +9,7 @@ import numpy as np
 
 import expunge
 from expunge.bench._context import Context
-from expunge.bench._kinds import _plt, accuracy, kind, single_requests
+from expunge.bench._kinds import _plt, _save, accuracy, kind, single_requests
 from expunge.data import random_forget_ids
 
 
@@ -66,9 +66,7 @@ def _plot_eta(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, titl
     ax.set_ylabel("test accuracy after removal")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("eta_sweep", keys=["curve", "fraction"], plot=_plot_eta, columns=[
@@ -126,9 +124,7 @@ def _plot_mislabel(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _found_curve(ranked: np.ndarray, flipped: set[int], grid: np.ndarray) -> list[float]:
@@ -204,9 +200,7 @@ def _plot_param(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
         ax.set_title({"test_acc": "test accuracy", "fit_seconds": "fit seconds",
                       "single_passes": "sample-passes per request (median)"}[f], fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("param_sweep", keys=["value"], plot=_plot_param, columns=[
@@ -272,9 +266,7 @@ def _plot_sorting(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 @kind("sorting", keys=["variant"], plot=_plot_sorting, columns=[

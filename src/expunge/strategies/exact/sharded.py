@@ -185,7 +185,9 @@ class ShardedStrategy(UnlearningStrategy):
     def _make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer | None:
         return make_optimizer(module, self.train_config())
 
-    def _loss(self, submodel: int, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, submodel: int, module: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         return cross_entropy_loss(module, x, y)
 
     def _train_block(
@@ -202,7 +204,9 @@ class ShardedStrategy(UnlearningStrategy):
             on_epoch=lambda: progress.advance(task),
         )
 
-    def _finalize(self, submodel: int, module: nn.Module, data: IndexedDataset) -> dict[str, torch.Tensor]:
+    def _finalize(
+        self, submodel: int, module: nn.Module, data: IndexedDataset
+    ) -> dict[str, torch.Tensor]:
         """Extra learned tensors computed after the last block (e.g. calibration)."""
         return {}
 
