@@ -314,7 +314,8 @@ class UnlearningStrategy(ABC):
                 "submodels_retrained": [], "seconds": time.perf_counter() - started,
                 "purged": purged,
                 "details": {**fitted.fit_details(),
-                            "dataset_fingerprint": dataset.fingerprint(),
+                            "dataset_fingerprint": (store.read_manifest() or {})
+                            .get("dataset", {}).get("fingerprint", ""),
                             "n_samples": len(dataset)},
             })
         except BaseException:
