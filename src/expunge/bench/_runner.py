@@ -168,5 +168,28 @@ def run_all(names: Sequence[str], *, quick: bool, seeds: Sequence[int], out: Pat
         )
     results = [run_experiment(load_spec(known[n]), quick=quick, seeds=seeds, out=out,
                               data_roots=data_roots, log=log) for n in names]
-    render_results(results, out)
+    render_results(collect_results(out, order=list(known), quick=quick), out)
     return results
+
+
+def collect_results(out: Path, *, order: Sequence[str] = (), quick: bool | None = None
+                    ) -> list[dict[str, Any]]:
+    """Every experiment result JSON in ``out``, in ``order`` (then by name).
+
+    Experiments are often run one at a time into one folder (the full run takes an
+    hour); ``results.md`` then covers all of them, not only the last command's.
+    Results from the other mode (``--quick`` vs full) are skipped so the two never mix.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(out.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(result, dict) or result.get("kind") not in KINDS or "rows" not in result:
+            continue
+        if quick is not None and bool(result.get("quick")) != quick:
+            continue
+        found[result["name"]] = result
+    rank = {name: i for i, name in enumerate(order)}
+    return [found[n] for n in sorted(found, key=lambda n: (rank.get(n, len(rank)), n))]
