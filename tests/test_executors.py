@@ -190,6 +190,28 @@ def test_callers_thread_count_does_not_change_the_bits(digits):
     assert prints[0] == prints[1]
 
 
+def test_threads_per_job_is_a_recorded_parameter_and_forget_stays_exact(digits, tmp_path):
+    """threads_per_job=2 trains with 2 threads in every executor, is recorded in the store
+    (a reopen with another value is refused: it would change the bits), and forget is still
+    bit-for-bit fit on the retained data at the same thread count."""
+    train, _ = digits
+    data = train.select(train.ids[:500])
+    params = dict(SMALL, model="mlp", model_params={"hidden_sizes": [64]})
+    store = tmp_path / "two-threads"
+    two = expunge.SISA(**params, threads_per_job=2, store=store).fit(data)
+    gone = [int(i) for i in data.ids[:5]]
+    two.forget(gone)
+    assert two.fingerprint() == expunge.SISA(**params, threads_per_job=2).fit(
+        data.drop(gone)).fingerprint()
+    two.close()
+    with pytest.raises(StoreMismatchError, match="threads_per_job"):
+        expunge.SISA(**params, threads_per_job=1, store=store).fit(data)
+    assert expunge.open(store).threads_per_job == 2
+    for bad in (0, True, 1.5):
+        with pytest.raises(InvalidParameterError, match="threads_per_job"):
+            expunge.SISA(**params, threads_per_job=bad).fit(data)
+
+
 # -------------------------------------------------------------------- worker deaths
 def test_killed_worker_fails_cleanly_and_the_store_stays_consistent(digits, tmp_path):
     train, _ = digits

@@ -286,8 +286,10 @@ def sorting(ctx: Context) -> dict[str, Any]:
     requests = rng.choice(train.ids, size=int(settings.get("requests", 20)), replace=False,
                           p=weights / weights.sum())
     label = settings.get("strategy", "arcane")
-    variants = [("sorting on", label, {"sorting": True, "deletion_prior": prior}),
-                ("sorting off", label, {"sorting": False, "deletion_prior": prior})]
+    variants: list[tuple[str, str, dict[str, Any]]] = [
+        ("sorting on", label, {"sorting": True, "deletion_prior": prior}),
+        ("sorting off", label, {"sorting": False, "deletion_prior": prior}),
+    ]
     variants += [(name, name, {}) for name in settings.get("baselines", ["retrain"])]
     rows = []
     for variant, name, overrides in variants:

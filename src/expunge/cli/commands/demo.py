@@ -110,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     for column in ("metric", "SISA", "retrained without them"):
         table.add_column(column)
     for key in ("UA", "RA", "TA", "mia.loss.auc", "mia.svc.efficacy"):
-        row = evaluation[key]
-        table.add_row(row.name, _shown(row.model), _shown(row.reference))
+        metric = evaluation[key]
+        table.add_row(metric.name, _shown(metric.model), _shown(metric.reference))
     out.print(table)
     out.print("Good = close to the model retrained without the ids (not 0 or 1): an exact "
               "method differs from it only by its architecture (5 shards vs 1 model). "

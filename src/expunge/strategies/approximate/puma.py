@@ -318,7 +318,7 @@ class PumaModel(FittedModel):
 
 # ============================================================================ strategy
 _PUMA_TRAINING = {k: v for k, v in TRAINING_CONSTRAINTS.items()
-                  if k not in ("executor", "n_jobs", "ray_address")}
+                  if k not in ("executor", "n_jobs", "ray_address", "threads_per_job")}
 
 _CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
     "val_fraction": [Interval(float, 0, 1, closed="left")],

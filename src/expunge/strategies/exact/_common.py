@@ -25,9 +25,12 @@ TRAINING_CONSTRAINTS: dict[str, list[Constraint]] = {
     "executor": [Options(("serial", "process", "ray"))],
     "n_jobs": [None, Interval(int, 1, None)],
     "ray_address": [None, str],
+    "threads_per_job": [Interval(int, 1, None)],
 }
 
 #: parameters that choose *where* sub-models train, never *what* they compute
+#: (``threads_per_job`` is not one of them: the thread count can change float sums, so it is
+#: recorded in the manifest and a reopen with another value is refused)
 EXECUTOR_PARAMS = frozenset({"executor", "n_jobs", "ray_address"})
 
 

@@ -144,7 +144,8 @@ class ARCANE(ShardedStrategy):
             deviation of its own training scores) or ``"raw"``.
         temperature: softmax temperature of ``predict_proba`` over calibrated scores.
         model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay, seed, store,
-            show_progress, executor, n_jobs, ray_address: as for :class:`Retrain`;
+            show_progress, executor, n_jobs, ray_address, threads_per_job: as for
+            :class:`Retrain`;
             ``epochs`` is the SGD budget of one unsliced class (SVDD only).
 
     References:
@@ -211,6 +212,7 @@ class ARCANE(ShardedStrategy):
         executor: str = "serial",
         n_jobs: int | None = None,
         ray_address: str | None = None,
+        threads_per_job: int = 1,
     ) -> None:
         self.model = model
         self.learner = learner
@@ -242,6 +244,7 @@ class ARCANE(ShardedStrategy):
         self.executor = executor
         self.n_jobs = n_jobs
         self.ray_address = ray_address
+        self.threads_per_job = threads_per_job
 
     def __getstate__(self) -> dict[str, Any]:
         # the selection cache holds features of every sample (tens of MB on MNIST): it is

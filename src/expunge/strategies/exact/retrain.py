@@ -36,6 +36,10 @@ class Retrain(ShardedStrategy):
             ``ray_address``, or a local one). The result is bit-for-bit the same.
         n_jobs: worker count for ``"process"``/``"ray"`` (default: CPU count).
         ray_address: address of an existing Ray cluster (``None`` starts a local one).
+        threads_per_job: torch intra-op threads each sub-model trains with, in every
+            executor (default 1). Recorded in the store: CPU kernels may sum in another
+            order with another thread count, so it is part of *what* is computed, and
+            ``forget`` is bit-for-bit ``fit`` on the retained data only at the same value.
     """
 
     name = "retrain"
@@ -59,6 +63,7 @@ class Retrain(ShardedStrategy):
         executor: str = "serial",
         n_jobs: int | None = None,
         ray_address: str | None = None,
+        threads_per_job: int = 1,
     ) -> None:
         self.model = model
         self.model_params = model_params
@@ -74,6 +79,7 @@ class Retrain(ShardedStrategy):
         self.executor = executor
         self.n_jobs = n_jobs
         self.ray_address = ray_address
+        self.threads_per_job = threads_per_job
 
     @classmethod
     def _test_params(cls) -> dict[str, Any]:

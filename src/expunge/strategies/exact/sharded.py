@@ -293,8 +293,8 @@ class ShardedStrategy(UnlearningStrategy):
         """Torch intra-op threads every sub-model trains with, in every executor.
 
         Part of *what* is computed (CPU kernels may sum in another order with another
-        thread count), hence the same for serial, process and Ray runs: 1 unless the
-        strategy has a ``threads_per_job`` parameter (a recorded, non-runtime parameter).
+        thread count), hence the same for serial, process and Ray runs: the strategy's
+        ``threads_per_job`` parameter (recorded in the manifest, not a runtime parameter).
         """
         threads = getattr(self, "threads_per_job", None)
         return 1 if threads is None else int(threads)

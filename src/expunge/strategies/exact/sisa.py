@@ -56,7 +56,7 @@ class SISA(ShardedStrategy):
 
     Args:
         model, model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay,
-            seed, store, show_progress, executor, n_jobs, ray_address: as for
+            seed, store, show_progress, executor, n_jobs, ray_address, threads_per_job: as for
             :class:`Retrain`; ``epochs`` is the budget
             of an unsliced shard.
         n_shards: S, the number of isolated shard models.
@@ -97,6 +97,7 @@ class SISA(ShardedStrategy):
         executor: str = "serial",
         n_jobs: int | None = None,
         ray_address: str | None = None,
+        threads_per_job: int = 1,
     ) -> None:
         self.model = model
         self.n_shards = n_shards
@@ -115,6 +116,7 @@ class SISA(ShardedStrategy):
         self.executor = executor
         self.n_jobs = n_jobs
         self.ray_address = ray_address
+        self.threads_per_job = threads_per_job
 
     def _check_params(self) -> None:
         if self.n_slices > self.epochs * 2:
