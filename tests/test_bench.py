@@ -7,6 +7,7 @@ import json
 import pytest
 
 from expunge.bench import KINDS, available_experiments, load_spec
+from expunge.bench._runner import collect_results
 from expunge.cli import main
 
 
@@ -55,3 +56,20 @@ def test_seeds_give_mean_and_std(tmp_path, seeds):
     row = result["rows"][0]
     assert "removed_after_std" in row
     assert "±" in (tmp_path / "results.md").read_text()
+
+
+def test_results_md_covers_experiments_run_one_at_a_time(tmp_path):
+    """The full run goes one experiment at a time into one folder: results.md must list every
+    result there, in spec order, and never mix --quick results with full ones."""
+    assert main(["bench", "e2_class_removal", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    result = json.loads((tmp_path / "e2_class_removal.json").read_text())
+    (tmp_path / "zz_later.json").write_text(json.dumps(dict(result, name="zz_later")))
+    (tmp_path / "e1_performance.json").write_text(
+        json.dumps(dict(result, name="e1_performance", quick=False)))
+    (tmp_path / "notes.json").write_text(json.dumps({"not": "a result"}))
+    found = collect_results(tmp_path, order=list(available_experiments()), quick=True)
+    assert [r["name"] for r in found] == ["e2_class_removal", "zz_later"]
+    assert main(["bench", "e2_class_removal", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    report = (tmp_path / "results.md").read_text()
+    assert "## e2_class_removal:" in report and "## zz_later:" in report
+    assert "## e1_performance:" not in report
