@@ -31,7 +31,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from expunge._hashing import sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
 from expunge._version import __version__
@@ -46,6 +45,10 @@ from expunge.exceptions import (
     UnknownSampleError,
 )
 from expunge.store import Ledger, LedgerEntry, Store, open_store
+from expunge.strategies._stored_data import (
+    read_training_data,
+    write_training_data,
+)
 
 Guarantee = Literal["exact", "approximate"]
 FORMAT_VERSION = 1
@@ -176,7 +179,6 @@ def _as_inputs(X: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(X), dtype=torch.float32)
 
 
-DATA_BLOB_PREFIX = "data/train-"
 #: blobs under this prefix are caches (e.g. the evaluation's retrained reference): reopening
 #: keeps them, but every ``forget`` purges them all, since they may carry the forgotten ids
 CACHE_PREFIX = "cache/"
@@ -300,11 +302,12 @@ class UnlearningStrategy(ABC):
             self._prepare_store(store, dataset)
             started = time.perf_counter()
             progress = Progress(bool(self.show_progress))
-            data_blob = self._write_data(store, dataset)
+            positions = np.arange(len(dataset), dtype=np.int64)
+            data_blobs = self._write_data(store, dataset, positions)
             with progress.running():
                 fitted = self._fit(dataset, store, progress)
-            state = {"data": data_blob, "model": fitted.state()}
-            live = fitted.live_blobs() | {data_blob}
+            state = {"data": data_blobs, "model": fitted.state()}
+            live = fitted.live_blobs() | set(data_blobs)
             purged = store.collect_garbage(live)
             store.commit(state, {
                 "kind": "fit", "strategy": self.name, "guarantee": self.guarantee,
@@ -321,7 +324,7 @@ class UnlearningStrategy(ABC):
         except BaseException:
             store.close()
             raise
-        self._install(store, dataset, fitted, {})
+        self._install(store, dataset, fitted, {}, positions)
         return self
 
     def _fit_passes(self, fitted: FittedModel) -> int:
@@ -331,12 +334,14 @@ class UnlearningStrategy(ABC):
         """Strategy-specific checks of the training data; override to refuse."""
 
     def _install(self, store: Store, data: IndexedDataset, fitted: FittedModel,
-                 forgotten: dict[int, int]) -> None:
+                 forgotten: dict[int, int], positions: np.ndarray) -> None:
         old = getattr(self, "store_", None)
         if old is not None and old is not store:
             old.close()
         self.store_ = store
         self.data_ = data
+        # each row's position in the data ``fit`` saw: the stored buckets keep row order by it
+        self._data_positions = positions
         self.fitted_ = fitted
         self._forgotten = forgotten
 
@@ -386,27 +391,15 @@ class UnlearningStrategy(ABC):
             )
 
     @staticmethod
-    def _write_data(store: Store, data: IndexedDataset) -> str:
-        """Write the retained training data; return its blob name.
+    def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray) -> list[str]:
+        """Write the retained training data in buckets; return their blob names.
 
-        The name is a hash of the original dataset's fingerprint (in the manifest) and the
-        retained ids: the rows of a retained id never change, so this identifies the
-        content without hashing every input again on each request.
+        Only buckets whose ids changed are written (see :mod:`expunge.strategies._stored_data`);
+        names derive from the original dataset's fingerprint (in the manifest) and the ids.
         """
         manifest = store.read_manifest() or {}
         original = manifest.get("dataset", {}).get("fingerprint", "")
-        name = DATA_BLOB_PREFIX + sha256_ids(data.ids, prefix=f"{original}|")[:24]
-        store.write_blob(
-            name, {"X": data.X, "y": data.y, "ids": torch.from_numpy(np.array(data.ids))},
-            {"n_classes": str(data.n_classes)}, shared=True,
-        )
-        return name
-
-    @staticmethod
-    def _read_data(store: Store, name: str) -> IndexedDataset:
-        tensors, metadata = store.read_blob(name)
-        return IndexedDataset(tensors["X"], tensors["y"], tensors["ids"].numpy(),
-                              n_classes=int(metadata["n_classes"]))
+        return write_training_data(store, data, positions, original)
 
     # ---------------------------------------------------------------- forget
     def _check_request(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
@@ -457,18 +450,19 @@ class UnlearningStrategy(ABC):
         started = time.perf_counter()
         request = self._check_request(ids)
         store, old = self.store_, self.fitted_
-        retained = self.data_.drop(request)
+        kept = ~np.isin(self.data_.ids, request)  # the rows of D.drop(request), in order
+        retained, positions = self.data_.where(kept), self._data_positions[kept]
         progress = Progress(bool(self.show_progress))
         before = old.fingerprint()
         with progress.running():
             fitted, stats = self._forget(old, request, retained, store, progress)
-        data_blob = self._write_data(store, retained)
-        live = fitted.live_blobs() | {data_blob}
+        data_blobs = self._write_data(store, retained, positions)
+        live = fitted.live_blobs() | set(data_blobs)
         purged = sorted(store.list_blobs() - live)
         details = dict(stats.details)
         if tag is not None:
             details["tag"] = str(tag)
-        entry = store.commit({"data": data_blob, "model": fitted.state()}, {
+        entry = store.commit({"data": data_blobs, "model": fitted.state()}, {
             "kind": "forget", "strategy": self.name, "guarantee": self._guarantee_now(),
             "ids": request.tolist(), "fingerprint_before": before,
             "fingerprint_after": fitted.fingerprint(),
@@ -479,7 +473,7 @@ class UnlearningStrategy(ABC):
         # the request has happened: swap the live model, then delete what it no longer needs
         forgotten = dict(self._forgotten)
         forgotten.update({int(i): entry.seq for i in request.tolist()})
-        self._install(store, retained, fitted, forgotten)
+        self._install(store, retained, fitted, forgotten, positions)
         store.collect_garbage(live)
         seconds = time.perf_counter() - started
         report = ForgetReport.from_entry(entry)
@@ -565,11 +559,12 @@ class UnlearningStrategy(ABC):
                 f"The store {str(location)!r} has no committed fit (the fit was interrupted). "
                 "Fit again with the same parameters to resume."
             )
-        data = cls._read_data(store, state["data"])
+        data, positions = read_training_data(store, state["data"])
         fitted = strategy._restore(state["model"], store)
-        live = fitted.live_blobs() | {state["data"]}
+        data_blobs = [state["data"]] if isinstance(state["data"], str) else state["data"]
+        live = fitted.live_blobs() | set(data_blobs)
         store.collect_garbage(live | {b for b in store.list_blobs() if b.startswith(CACHE_PREFIX)})
-        strategy._install(store, data, fitted, store.ledger.forgotten())
+        strategy._install(store, data, fitted, store.ledger.forgotten(), positions)
         return strategy
 
     @classmethod
