@@ -10,7 +10,7 @@ import torch
 
 import expunge
 from expunge.exceptions import InvalidParameterError
-from expunge.store import unpack
+from expunge.store import DirectoryStore, unpack
 from expunge.strategies.exact._one_class import (
     GaussianDensity,
     calibrate,
@@ -140,7 +140,8 @@ def test_unselected_forget_retrains_and_purges_nothing(data, fitted):
     assert report.submodels_retrained == []
     assert report.details["classes_touched"] == [5]
     assert report.details["classes_reselected"] == []
-    assert all(name.startswith("data/") for name in report.purged)  # only the old data blob
+    # only the old data bucket(s) and class 5's committed selection (its candidates changed)
+    assert all(name.startswith(("data/", "arcane/selection-005-")) for name in report.purged)
     assert strategy.fingerprint() == before
 
 
@@ -364,4 +365,47 @@ def test_reopen_with_a_mapping_prior_needs_nothing_more(data, tmp_path):
     reopened = expunge.open(path)
     reopened.forget(request)
     assert_identical(reopened, ARCANE(**params).fit(data.drop(request)), data)
+    reopened.close()
+
+
+def test_a_reopened_store_reuses_the_committed_selection(data, fitted, tmp_path):
+    """Every CLI request reopens the store: the selection is committed with the model, so an
+    unselected deletion after a reopen still selects nothing again, and stays exact."""
+    lay = layout(fitted(**BASE), data)
+    path = tmp_path / "store"
+    ARCANE(**BASE, store=path).fit(data).close()
+    reopened = expunge.open(path)
+    assert sorted(reopened.store_.read_state()["model"]["selections"]) == [str(k) for k in
+                                                                         range(10)]
+    unselected = pick(data, lay, selected=False, cls=2, n=2)
+    report = reopened.forget(unselected)
+    assert report.details["classes_reselected"] == [] and report.sample_passes == 0
+    reopened.close()
+    reopened = expunge.open(path)  # again: the committed selection now has new candidates
+    selected = pick(data, lay, selected=True, cls=7)
+    report = reopened.forget(selected)
+    assert report.details["classes_reselected"] == [7]
+    assert_identical(reopened, ARCANE(**BASE).fit(data.drop(unselected + selected)), data)
+    reopened.close()
+
+
+def test_a_changed_selection_blob_is_not_trusted(data, fitted, tmp_path):
+    lay = layout(fitted(**BASE), data)
+    path = tmp_path / "store"
+    ARCANE(**BASE, store=path).fit(data).close()
+    reopened = expunge.open(path)
+    name = reopened.store_.read_state()["model"]["selections"]["3"]
+    tensors, metadata = reopened.store_.read_blob(name)
+    reopened.close()
+    blob = next((path / "blobs").rglob(name.split("/")[-1] + ".safetensors"))
+    blob.unlink()  # replace its content under the same name: a stale or edited selection
+    raw = DirectoryStore(path, create=False)
+    raw.write_blob(name, {"ids": tensors["ids"].flip(0).contiguous(), "gains": tensors["gains"]},
+                   metadata)
+    raw.close()
+    reopened = expunge.open(path)
+    request = pick(data, lay, selected=False, cls=3)
+    report = reopened.forget(request)
+    assert report.details["classes_reselected"] == [3]  # recomputed, not reused
+    assert_identical(reopened, ARCANE(**BASE).fit(data.drop(request)), data)
     reopened.close()

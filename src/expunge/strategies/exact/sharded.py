@@ -123,12 +123,16 @@ class ShardedModel(FittedModel):
         self.strategy = strategy
         self.submodels = submodels
         self.sample_passes = sample_passes
+        #: a subclass's own committed state (JSON) and the blobs it keeps alive
+        self.extra_state: dict[str, Any] = {}
+        self.extra_blobs: frozenset[str] = frozenset()
 
     def state(self) -> dict[str, Any]:
-        return {"submodels": [{"keys": s.keys, "n_trained": s.n_trained} for s in self.submodels]}
+        return {"submodels": [{"keys": s.keys, "n_trained": s.n_trained} for s in self.submodels],
+                **self.extra_state}
 
     def live_blobs(self) -> set[str]:
-        return {blob for s in self.submodels for blob in s.blobs}
+        return {blob for s in self.submodels for blob in s.blobs} | set(self.extra_blobs)
 
     def learned_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for s in self.submodels:
