@@ -73,3 +73,15 @@ def test_results_md_covers_experiments_run_one_at_a_time(tmp_path):
     report = (tmp_path / "results.md").read_text()
     assert "## e2_class_removal:" in report and "## zz_later:" in report
     assert "## e1_performance:" not in report
+    # --render-only redraws plots and results.md from the JSON alone
+    for path in (tmp_path / "results.md", tmp_path / "e2_class_removal.png"):
+        path.unlink()
+    assert main(["bench", "all", "--quick", "--render-only", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    assert (tmp_path / "e2_class_removal.png").stat().st_size > 5_000
+    redrawn = (tmp_path / "results.md").read_text()
+    assert redrawn.startswith(report.split("## zz_later")[0])  # same tables, same order
+    assert "![zz_later](zz_later.png)" in redrawn  # its plot now exists too
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["bench", "all", "--render-only", "--out", str(empty), "--quiet"]) == 2

@@ -106,7 +106,8 @@ def _plot_removal(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, 
         low = min(r["forget_acc"] for r in rows) if "forget" in name else min(
             r["test_after"] for r in rows)
         ax.set_ylim(max(0.0, low - 0.05), 1.0)
-    axes[0].legend(fontsize=8)
+    # one legend beside both panels: inside, it hides the first bars
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(title, fontsize=10)
     _save(plt, fig, path)
 

@@ -172,6 +172,26 @@ def run_all(names: Sequence[str], *, quick: bool, seeds: Sequence[int], out: Pat
     return results
 
 
+def render_folder(out: Path, *, quick: bool, specs: Path | None = None) -> list[dict[str, Any]]:
+    """Redraw every plot and ``results.md`` from the result JSON in ``out``; train nothing.
+
+    For changing how results look without rerunning an hour of experiments.
+    """
+    results = collect_results(out, order=list(available_experiments(specs)), quick=quick)
+    if not results:
+        mode = "--quick" if quick else "full (no --quick)"
+        raise InvalidParameterError(
+            f"No {mode} experiment results (*.json) in {str(out)!r}: run the experiments "
+            "first, or pass the folder they were written to with --out."
+        )
+    for r in results:
+        kind = KINDS[r["kind"]]
+        if kind.plot is not None:
+            kind.plot(r["rows"], r["spec"], out / f"{r['name']}.png", f"{r['name']}: {r['title']}")
+    render_results(results, out)
+    return results
+
+
 def collect_results(out: Path, *, order: Sequence[str] = (), quick: bool | None = None
                     ) -> list[dict[str, Any]]:
     """Every experiment result JSON in ``out``, in ``order`` (then by name).

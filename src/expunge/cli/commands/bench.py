@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from expunge.bench import available_experiments, run_all
+from expunge.bench._runner import render_folder
 from expunge.bench._spec import spec_dir
 from expunge.cli._common import console
 
@@ -24,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder holding mnist/ and adult/ (default ../shared/datasets)")
     parser.add_argument("--specs", default=None, help=f"spec folder (default {spec_dir()})")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--render-only", action="store_true",
+                        help="redraw plots and results.md from the JSON already in --out "
+                             "(EXPERIMENT is ignored; nothing is trained)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for name, path in available_experiments(specs).items():
             out.print(f"{name}\t{path}")
+        return 0
+    if args.render_only:
+        results = render_folder(Path(args.out), quick=args.quick, specs=specs)
+        out.print(f"redrew {len(results)} experiment(s) into {args.out}/results.md")
         return 0
     root = Path(args.data_root)
     data_roots = {"mnist": root / "mnist", "adult": root / "adult", "digits": None}
