@@ -315,6 +315,24 @@ def test_ranking_finds_planted_mislabels_far_faster_than_random(digits):
     assert rank_mislabelled(m, top=5).tolist() == ranked[:5].tolist()
 
 
+def test_validation_ids_are_known_before_fit_and_are_the_split_fit_holds_out(digits):
+    train, _ = digits
+    m = PUMA(**PUMA._test_params(), val_fraction=0.2)
+    before = m.validation_ids(train)
+    assert 0.15 * len(train) < len(before) < 0.25 * len(train)
+    # keyed by id: a subset of the data gets exactly the subset of the split
+    half = train.select(train.ids[::2])
+    assert np.array_equal(m.validation_ids(half), np.intersect1d(before, half.ids))
+    m.fit(train)
+    assert np.array_equal(m.fitted_.val_ids, before)
+    ids, _ = harmfulness_scores(m)
+    assert not np.isin(ids, before).any() and len(ids) == len(train) - len(before)
+    with pytest.raises(InvalidParameterError, match="IndexedDataset"):
+        m.validation_ids(train.X)
+    with pytest.raises(InvalidParameterError, match="val_fraction"):
+        PUMA(val_fraction=1.5).validation_ids(train)
+
+
 # ============================================================ warnings, errors, contract
 def test_unconverged_solver_warns(digits):
     train, _ = digits

@@ -618,6 +618,21 @@ class PUMA(UnlearningStrategy):
         return strategy
 
     # ------------------------------------------------------------ helpers
+    def validation_ids(self, data: IndexedDataset) -> np.ndarray:
+        """The ids ``fit(data)`` would hold out as the validation split (sorted).
+
+        A keyed hash of ``(seed, id)`` below ``val_fraction``: the same ids whatever else
+        is in ``data``, known before fitting. Use it to keep the criterion's data clean
+        (e.g. audit only their labels) or to know which samples will have no
+        harmfulness score. Cost: one hash per id; nothing is trained.
+        """
+        if not isinstance(data, IndexedDataset):
+            raise InvalidParameterError(
+                f"validation_ids expects an IndexedDataset; got {type(data).__name__}."
+            )
+        self._validate_params()
+        return self._val_ids_for(data)
+
     def _val_ids_for(self, data: IndexedDataset) -> np.ndarray:
         explicit = self._explicit_val()
         if explicit is not None:
