@@ -213,14 +213,16 @@ def mislabel(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------ A4/A5
 def _plot_param(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, title: str) -> None:
     plt = _plt()
-    fields = [f for f in ("test_acc", "fit_seconds", "single_passes") if f in rows[0]]
+    passes = "mean_passes" if "mean_passes" in rows[0] else "single_passes"
+    fields = [f for f in ("test_acc", "fit_seconds", passes) if f in rows[0]]
     fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.3))
     xs = [str(r["value"]) for r in rows]
     for ax, f in zip(np.atleast_1d(axes), fields, strict=True):
         ax.bar(xs, [r[f] for r in rows])
         ax.set_xlabel(rows[0]["param"])
         ax.set_title({"test_acc": "test accuracy", "fit_seconds": "fit seconds",
-                      "single_passes": "sample-passes per request (median)"}[f], fontsize=9)
+                      "single_passes": "sample-passes per request (median)",
+                      "mean_passes": "sample-passes per request (mean)"}[f], fontsize=9)
     fig.suptitle(title, fontsize=9)
     _save(plt, fig, path)
 
@@ -228,8 +230,10 @@ def _plot_param(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
 @kind("param_sweep", keys=["value"], plot=_plot_param, columns=[
     ("param", "parameter", "s"), ("value", "value", "s"), ("test_acc", "TA", ".4f"),
     ("fit_seconds", "fit s", ".2f"), ("single_seconds", "median s / id", ".3f"),
-    ("single_passes", "sample-passes / id", ",.0f"),
-    ("single_retrained", "samples retrained / id", ",.0f"),
+    ("mean_seconds", "mean s / id", ".3f"),
+    ("single_passes", "median sample-passes / id", ",.0f"),
+    ("mean_passes", "mean sample-passes / id", ",.0f"),
+    ("mean_retrained", "mean samples retrained / id", ",.0f"),
     ("untouched", "requests retraining nothing", ".0%"),
 ])
 def param_sweep(ctx: Context) -> dict[str, Any]:
