@@ -216,10 +216,16 @@ def _plot_param(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
     passes = "mean_passes" if "mean_passes" in rows[0] else "single_passes"
     fields = [f for f in ("test_acc", "fit_seconds", passes) if f in rows[0]]
     fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.3))
-    xs = [str(r["value"]) for r in rows]
+    xs = [str(r["value"]).replace(" (reference)", "\n(ref.)") for r in rows]
+    colors = ["grey" if r["strategy"] != rows[0]["strategy"] else "C0" for r in rows]
     for ax, f in zip(np.atleast_1d(axes), fields, strict=True):
-        ax.bar(xs, [r[f] for r in rows])
+        ax.bar(xs, [r[f] for r in rows], color=colors)
         ax.set_xlabel(rows[0]["param"])
+        values = [r[f] for r in rows]
+        if f.endswith("passes"):  # the reference is 10-1000x the rest
+            ax.set_yscale("log" if min(values) > 0 else "symlog")
+        elif f == "test_acc":
+            ax.set_ylim(max(0.0, min(values) - 0.05), 1.0)
         ax.set_title({"test_acc": "test accuracy", "fit_seconds": "fit seconds",
                       "single_passes": "sample-passes per request (median)",
                       "mean_passes": "sample-passes per request (mean)"}[f], fontsize=9)
