@@ -287,8 +287,8 @@ def _plot_sweep(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, ti
         ax.minorticks_off()
         ax.set_xlabel("requests (% of training set, one batch)")
         ax.set_title(name, fontsize=10)
-    axes[1].set_yscale("log")
-    axes[2].set_yscale("log")
+    axes[1].set_ylim(bottom=0)  # linear from 0: the ratios between lines are the point
+    axes[2].set_ylim(bottom=0)
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     _save(plt, fig, path)
