@@ -51,6 +51,9 @@ class ExperimentSpec:
         if not quick:
             return self
         merged = _merge(self.to_dict(), self.quick)
+        if merged["dataset"] != self.dataset:
+            # options belong to a dataset (mnist's limit_train means nothing for digits)
+            merged["data_options"] = copy.deepcopy(self.quick.get("data_options", {}))
         merged["quick"] = {}
         return ExperimentSpec(**merged)
 
