@@ -47,7 +47,8 @@ def membership(ctx: Context) -> dict[str, Any]:
 
         rows.append({
             "strategy": label, "UA": pick("UA"), "UA_ref": pick("UA", "reference"),
-            "loss_auc_before": before, "loss_auc": pick("mia.loss.auc"), "loss_auc_ref": pick("mia.loss.auc", "reference"),
+            "loss_auc_before": before, "loss_auc": pick("mia.loss.auc"),
+            "loss_auc_ref": pick("mia.loss.auc", "reference"),
             "svc": pick("mia.svc.efficacy"), "svc_ref": pick("mia.svc.efficacy", "reference"),
             "logistic": pick("mia.logistic.accuracy"),
             "logistic_ref": pick("mia.logistic.accuracy", "reference"),
