@@ -271,7 +271,10 @@ def param_sweep(ctx: Context) -> dict[str, Any]:
     rows = []
     for value in settings["values"]:
         value = None if value == "none" else value
-        strategy, fit_seconds = ctx.fitted_copy(label, **{param: value})
+        # "none" may need more than param=None (ARCANE: no cap = selection off)
+        overrides = dict(settings.get("none_overrides", {param: None})) if value is None \
+            else {param: value}
+        strategy, fit_seconds = ctx.fitted_copy(label, **overrides)
         test_acc = accuracy(strategy, test)
         costs = single_requests(strategy, singles)
         strategy.close()
