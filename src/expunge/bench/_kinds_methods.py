@@ -11,6 +11,7 @@ import expunge
 from expunge.bench._context import Context
 from expunge.bench._kinds import _plt, _save, accuracy, kind, single_requests
 from expunge.data import random_forget_ids
+from expunge.evaluation import sample_loss, threshold_attack
 
 
 # --------------------------------------------------------------------------- E3
@@ -59,17 +60,15 @@ def membership(ctx: Context) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _losses(strategy: Any, data: Any) -> np.ndarray:
+    """Per-sample cross-entropy of ``strategy`` on ``data`` (the harness's loss feature)."""
+    return sample_loss(strategy.predict_proba(data.X).numpy(), data.y.numpy())
+
+
 def _loss_auc(strategy: Any, members: Any, non_members: Any) -> float:
-    """P(a member's loss < a non-member's), ties counting half: the loss attack's AUC."""
-    from sklearn.metrics import roc_auc_score
-
-    def losses(data: Any) -> np.ndarray:
-        proba = strategy.predict_proba(data.X).clamp_min(1e-12)
-        return -proba[np.arange(len(data)), data.y].log().numpy()
-
-    scores = np.concatenate([-losses(members), -losses(non_members)])
-    truth = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-    return float(roc_auc_score(truth, scores))
+    """AUC of the harness's loss-threshold attack (the same as its ``mia.loss.auc``)."""
+    return threshold_attack("loss", _losses(strategy, members),
+                            _losses(strategy, non_members)).auc
 
 
 # --------------------------------------------------------------------------- E5
@@ -186,9 +185,10 @@ def mislabel(ctx: Context) -> dict[str, Any]:
                 else y_flipped}
     if settings.get("clean_validation", True) and settings.get("noisy_validation_row", True):
         variants["PUMA harmfulness, noisy validation"] = y_flipped
-    rankings: dict[str, tuple[np.ndarray, float]] = {}
-    fit_seconds = 0.0
-    for method, labels in variants.items():
+
+    def puma_ranking(labels: np.ndarray
+                     ) -> tuple[Any, Any, np.ndarray, np.ndarray, float, float]:
+        """Fit PUMA on ``labels``; (strategy, data, scored ids, ranking, fit s, score s)."""
         noisy = train.with_labels(labels)
         strategy = ctx.make(label)
         started = time.perf_counter()
@@ -196,19 +196,25 @@ def mislabel(ctx: Context) -> dict[str, Any]:
         fit_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scored_ids, scores = expunge.harmfulness_scores(strategy)
-        rankings[method] = (scored_ids[np.lexsort((scored_ids, -scores))],
-                            time.perf_counter() - started)
-        if len(rankings) == 1:  # loss and random rank the same training split and model
-            subset = noisy.select(scored_ids)
-            proba = strategy.predict_proba(subset.X).clamp_min(1e-12)
-            losses = -proba[np.arange(len(subset)), subset.y].log().numpy()
-            baselines = {"loss": (scored_ids[np.lexsort((scored_ids, -losses))], 0.0),
-                         "random": (rng.permutation(scored_ids), 0.0)}
-            # only samples PUMA trained on are ranked (its validation split has no score)
-            flipped = {int(i) for i in train.ids[flip_pos]} & {int(i) for i in scored_ids}
-            n_scored = len(scored_ids)
-        strategy.close()
+        ranked = scored_ids[np.lexsort((scored_ids, -scores))]
+        return strategy, noisy, scored_ids, ranked, fit_seconds, time.perf_counter() - started
+
+    (first, *others) = variants.items()
+    strategy, noisy, scored_ids, ranked, fit_seconds, seconds = puma_ranking(first[1])
+    rankings: dict[str, tuple[np.ndarray, float]] = {first[0]: (ranked, seconds)}
+    # loss and random rank the same training split, with the same model
+    losses = _losses(strategy, noisy.select(scored_ids))
+    strategy.close()
+    baselines = {"loss": (scored_ids[np.lexsort((scored_ids, -losses))], 0.0),
+                 "random": (rng.permutation(scored_ids), 0.0)}
+    for method, labels in others:  # the training split's labels are the same: same model
+        other, _, _, ranked, _, seconds = puma_ranking(labels)
+        other.close()
+        rankings[method] = (ranked, seconds)
     rankings.update(baselines)
+    # only samples PUMA trained on are ranked (its validation split has no score)
+    flipped = {int(i) for i in train.ids[flip_pos]} & {int(i) for i in scored_ids}
+    n_scored = len(scored_ids)
     grid = np.linspace(0, float(settings.get("max_inspected", 0.3)), 31)
     rows = []
     for method, (ranked, seconds) in rankings.items():
@@ -268,27 +274,22 @@ def param_sweep(ctx: Context) -> dict[str, Any]:
     label, param = settings.get("strategy", next(iter(ctx.spec.strategies))), settings["param"]
     rng = np.random.default_rng(ctx.seed + 4000)
     singles = rng.choice(train.ids, size=int(settings.get("requests", 10)), replace=False)
-    rows = []
-    for value in settings["values"]:
-        value = None if value == "none" else value
-        # "none" may need more than param=None (ARCANE: no cap = selection off)
-        overrides = dict(settings.get("none_overrides", {param: None})) if value is None \
-            else {param: value}
-        strategy, fit_seconds = ctx.fitted_copy(label, **overrides)
+
+    def measure(name: str, value: Any, **overrides: Any) -> dict[str, Any]:
+        strategy, fit_seconds = ctx.fitted_copy(name, **overrides)
         test_acc = accuracy(strategy, test)
         costs = single_requests(strategy, singles)
         strategy.close()
-        rows.append({"param": param, "value": "none" if value is None else value,
-                     "strategy": label, "test_acc": test_acc, "fit_seconds": fit_seconds,
-                     **costs})
-        ctx.log(f"  {param}={value}: TA {test_acc:.4f}, {rows[-1]['single_passes']:.0f} passes")
-    for baseline in settings.get("baselines", [ctx.spec.reference]):
-        strategy, fit_seconds = ctx.fitted_copy(baseline)
-        test_acc = accuracy(strategy, test)
-        costs = single_requests(strategy, singles)
-        strategy.close()
-        rows.append({"param": param, "value": f"{baseline} (reference)", "strategy": baseline,
-                     "test_acc": test_acc, "fit_seconds": fit_seconds, **costs})
+        ctx.log(f"  {param}={value}: TA {test_acc:.4f}, {costs['single_passes']:.0f} passes")
+        return {"param": param, "value": value, "strategy": name, "test_acc": test_acc,
+                "fit_seconds": fit_seconds, **costs}
+
+    # "none" may need more than param=None (ARCANE: no cap = selection off)
+    rows = [measure(label, value, **(dict(settings.get("none_overrides", {param: None}))
+                                     if value == "none" else {param: value}))
+            for value in settings["values"]]
+    rows += [measure(baseline, f"{baseline} (reference)")
+             for baseline in settings.get("baselines", [ctx.spec.reference])]
     return {"rows": rows}
 
 

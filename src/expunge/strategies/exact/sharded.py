@@ -335,19 +335,10 @@ class ShardedStrategy(UnlearningStrategy):
                                            store, progress, task)
         finally:
             executor.close()
-        result = {}
-        for k in todo:  # the final checkpoints, as _restore loads them
-            module = self._new_module(k, data.input_shape, data.n_classes)
-            keys = all_keys[k]
-            extras: dict[str, torch.Tensor] = {}
-            if keys:
-                checkpoint = unpack(*store.read_blob(checkpoint_blob(k, len(keys) - 1, keys[-1])))
-                module.load_state_dict(checkpoint.model)
-                extras = checkpoint.extras
-            module.eval()
-            submodel = Submodel(k, keys, module, extras, n_trained=len(plans[k].all_ids()))
-            result[k] = (submodel, passes.get(k, 0))
-        return result
+        # the final checkpoints, as _restore loads them
+        return {k: (self._load_submodel(store, k, all_keys[k], data.input_shape,
+                                        data.n_classes, len(plans[k].all_ids())),
+                    passes.get(k, 0)) for k in todo}
 
     def _train_blocks_on(
         self, executor: Any, chains: list[int], plans: list[BlockPlan],
@@ -492,18 +483,22 @@ class ShardedStrategy(UnlearningStrategy):
         manifest = store.read_manifest() or {}
         shape = tuple(manifest.get("dataset", {}).get("input_shape", ()))
         n_classes = int(manifest.get("dataset", {}).get("n_classes", 0))
-        submodels = []
-        for k, entry in enumerate(state["submodels"]):
-            keys = list(entry["keys"])
-            module = self._new_module(k, shape, n_classes)
-            extras: dict[str, torch.Tensor] = {}
-            if keys:
-                checkpoint = unpack(*store.read_blob(checkpoint_blob(k, len(keys) - 1, keys[-1])))
-                module.load_state_dict(checkpoint.model)
-                extras = checkpoint.extras
-            module.eval()
-            submodels.append(Submodel(k, keys, module, extras, int(entry["n_trained"])))
+        submodels = [self._load_submodel(store, k, list(entry["keys"]), shape, n_classes,
+                                         int(entry["n_trained"]))
+                     for k, entry in enumerate(state["submodels"])]
         return ShardedModel(self, submodels)
+
+    def _load_submodel(self, store: Store, k: int, keys: list[str], input_shape: tuple[int, ...],
+                       n_classes: int, n_trained: int) -> Submodel:
+        """Sub-model ``k`` in eval mode, from its last block's checkpoint (fresh if none)."""
+        module = self._new_module(k, input_shape, n_classes)
+        extras: dict[str, torch.Tensor] = {}
+        if keys:
+            checkpoint = unpack(*store.read_blob(checkpoint_blob(k, len(keys) - 1, keys[-1])))
+            module.load_state_dict(checkpoint.model)
+            extras = checkpoint.extras
+        module.eval()
+        return Submodel(k, keys, module, extras, n_trained)
 
 
 # ------------------------------------------------------------- jobs for workers
