@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from expunge.exceptions import InvalidParameterError
+from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact._selection import (
-    FeatureMap,
     greedy_logdet,
     logdet_objective,
     unit_rows,

@@ -59,10 +59,10 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
         name = f"{DATA_BLOB_PREFIX}{b:02d}-" + sha256_ids(
             ids, prefix=f"{dataset_fingerprint}|bucket {b}|")[:24]
         if not store.has_blob(name):
-            index = torch.from_numpy(rows)
+            part = data.where(bucket == b)  # gathers this bucket's rows only
             store.write_blob(
                 name,
-                {"X": data.X[index], "y": data.y[index], "ids": torch.from_numpy(ids),
+                {"X": part.X, "y": part.y, "ids": torch.from_numpy(ids),
                  "positions": torch.from_numpy(np.ascontiguousarray(positions[rows]))},
                 {"n_classes": str(data.n_classes), "bucket": str(b)}, shared=True,
             )
