@@ -364,7 +364,8 @@ def run_greedy(rows: np.ndarray, noise: float, limit: int, threshold: float | No
     """Run (or continue) the greedy loop on id-sorted candidate ``rows`` ``(n, p)``.
 
     ``method``: ``"lazy"`` or ``"eager"`` (compiled), ``"numpy"`` (the fallback), or
-    ``"auto"`` (lazy when numba is installed, else numpy). All give the same picks and
+    ``"auto"`` (eager when numba is installed, else numpy: see docs/arcane.md for why
+    eager beats lazy on image classes). All give the same picks and
     gains, bit for bit; the snapshots hold the same information (lazy ones may hold
     stale values with their step, which is how a run continues from them).
     """
@@ -372,8 +373,8 @@ def run_greedy(rows: np.ndarray, noise: float, limit: int, threshold: float | No
         rows = np.asarray(rows, dtype=np.float64)
     rows = np.ascontiguousarray(rows)
     n, p = rows.shape
-    if method == "auto":
-        method = "lazy" if HAVE_NUMBA else "numpy"
+    if method == "auto":  # eager: on MNIST lazy refreshes ~76 % of eager's work, slower per op
+        method = "eager" if HAVE_NUMBA else "numpy"
     if method not in ("lazy", "eager", "numpy"):
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if method != "numpy" and not HAVE_NUMBA:

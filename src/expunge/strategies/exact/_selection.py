@@ -178,15 +178,15 @@ def greedy_logdet(
             these candidates with the same features: the run continues from its trace
             (the unchanged prefix) and returns exactly what a fresh run would. Ignored when
             it does not apply (no trace, or a candidate it has not seen).
-        method: ``"auto"`` (compiled lazy greedy when numba is installed, else numpy),
+        method: ``"auto"`` (compiled eager greedy when numba is installed, else numpy),
             ``"lazy"``, ``"eager"`` or ``"numpy"``: the same picks and gains, bit for bit.
 
     Returns:
         A :class:`Selection` with the picked ids in greedy order and the trace.
 
-    Cost: ``O(n·m·p + m·p²)`` time for ``m`` picks at most (lazy greedy refreshes only the
-    candidates that reach the top: usually far fewer), ``O(n·p + p²)`` memory; resuming
-    from pick ``r`` costs the steps after ``r`` only.
+    Cost: ``O(n·m·p + m·p²)`` time for ``m`` picks (lazy greedy refreshes only the
+    candidates that reach the top; on MNIST classes that is still ~76 % of the eager
+    work), ``O(n·p + p²)`` memory; resuming from pick ``r`` costs the steps after ``r``.
     """
     if n_select is None and threshold is None:
         raise InvalidParameterError(

@@ -495,8 +495,18 @@ class ARCANE(ShardedStrategy):
             def compute(rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
                 return self._compute_features(data.select(rows).X)
 
-            if prev is not None and prev.ids is None and store is not None:
-                base = read_state(store, key, k, prev.blobs, ids, compute)  # after a reopen
+            unloaded = prev is not None and (prev.ids is None or (
+                prev.density is None and prev.select is None and "features" in prev.blobs))
+            if prev is not None and unloaded and store is not None:  # after a reopen
+                kept = self._kept_unloaded(store, key, k, prev, ids)
+                if kept is not None:  # no pick left: drop rows, read nothing else
+                    states[k], log[k] = kept, "kept"
+                    continue
+                base = read_state(store, key, k, prev.blobs, ids, compute)
+                before = getattr(self, "data_", None)
+                if before is not None:  # rewrite only the feature buckets that lost rows
+                    old_ids = np.sort(before.ids[before.y.numpy() == k])
+                    base = dataclasses.replace(base, removed=np.setdiff1d(old_ids, ids))
             elif prev is not None and prev.ids is not None and \
                     np.isin(ids, prev.ids, assume_unique=True).all():
                 base = prev.keep(ids)
@@ -517,8 +527,32 @@ class ARCANE(ShardedStrategy):
                     log[k] = "resumed"
                     alive = np.isin(base.selection.ids, ids, assume_unique=True)
                     resumed_at[str(k)] = int(np.argmin(alive))
-            states[k] = dataclasses.replace(base, selection=result, blobs={})
+            states[k] = dataclasses.replace(base, selection=result)
         return states, log, resumed_at
+
+    def _kept_unloaded(self, store: Store, key: str, k: int, prev: ClassState,
+                       ids: np.ndarray) -> ClassState | None:
+        """Class ``k`` after a reopen, when only unselected ids left it: its picks and
+        trace (without the forgotten entries), its feature blobs marked for the forgotten
+        rows to be dropped; the features themselves are not read. ``None`` otherwise."""
+        before = getattr(self, "data_", None)  # the committed data ``prev`` belongs to
+        if not self.selection or before is None or "features" not in prev.blobs:
+            return None
+        picks = read_selection(store, key, k, prev.blobs, with_trace=True)
+        if picks is None or not np.isin(picks.ids, ids, assume_unique=True).all():
+            return None
+        old_ids = np.sort(before.ids[before.y.numpy() == k])
+        if not np.isin(ids, old_ids, assume_unique=True).all():
+            return None
+        trace = picks.trace
+        if trace is not None:
+            at = np.searchsorted(trace.candidates, ids)
+            ok = at.size == 0 or (at.max() < len(trace.candidates) and
+                                  np.array_equal(trace.candidates[at], ids))
+            trace = trace.without(at) if ok else None
+        selection = dataclasses.replace(picks, trace=trace)
+        removed = np.setdiff1d(old_ids, ids, assume_unique=True)
+        return ClassState(ids, selection=selection, blobs=dict(prev.blobs), removed=removed)
 
     def _density_of(self, k: int, data: IndexedDataset) -> torch.Tensor:
         """The model features of ``data``'s rows (class ``k``), from the build's states when
