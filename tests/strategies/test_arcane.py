@@ -11,12 +11,12 @@ import torch
 import expunge
 from expunge.exceptions import InvalidParameterError
 from expunge.store import DirectoryStore, unpack
+from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact._one_class import (
     GaussianDensity,
     calibrate,
     calibration_stats,
 )
-from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact.arcane import ARCANE
 from expunge.strategies.exact.sharded import checkpoint_blob
 

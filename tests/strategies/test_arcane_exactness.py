@@ -15,7 +15,7 @@ import pytest
 
 import expunge
 from expunge.data import IndexedDataset
-from expunge.strategies.exact import _features, _greedy_kernel
+from expunge.strategies.exact import _class_state, _features, _greedy_kernel
 from expunge.strategies.exact.arcane import ARCANE
 
 DEFAULTS = dict(n_selected=12, n_blocks=3, seed=5)  # everything else: the library defaults
@@ -46,7 +46,24 @@ def run_sequence(params, data, requests, tmp_path=None):
         model.forget(request)
         dropped += [int(i) for i in request]
         assert_exact(model, params, data, dropped)
+        assert_committed_state_checks_out(model)
     model.close()
+
+
+def assert_committed_state_checks_out(model):
+    """Every committed feature and selection blob matches its name (none would be
+    recomputed or re-selected by the next request), and holds only retained ids."""
+    retained = set(model.training_data.ids.tolist())
+    key = model._state_key(model.training_data.input_shape)
+    for k, blobs in model.store_.read_state()["model"]["classes"].items():
+        for name in blobs.get("features", []):
+            arrays = _class_state._read_features(model.store_, name, key, int(k))
+            assert arrays is not None, name
+            assert set(arrays["ids"].tolist()) <= retained
+        if "selection" in blobs:
+            selection = _class_state.read_selection(model.store_, key, int(k), blobs, True)
+            assert selection is not None and selection.trace is not None
+            assert set(selection.trace.candidates.tolist()) <= retained
 
 
 def selected_of(params, data, k):
@@ -97,8 +114,8 @@ def test_a_class_shrunk_around_n_selected(data, margin):
 def test_reopened_stores_forget_like_the_process_that_fitted(data, tmp_path):
     picks = selected_of(DEFAULTS, data, 1)
     unpicked = np.setdiff1d(data.ids_of_class(1), picks)
-    requests = [[int(unpicked[0])], [int(picks[4])], [int(picks[0]), int(unpicked[1])],
-                data.ids_of_class(3)[:5].tolist()]
+    requests = [[int(unpicked[0])], [int(unpicked[2])], [int(picks[4])],
+                [int(picks[0]), int(unpicked[1])], data.ids_of_class(3)[:5].tolist()]
     run_sequence(DEFAULTS, data, requests, tmp_path)
 
 

@@ -139,7 +139,7 @@ class IndexedDataset:
 
     # ------------------------------------------------------------------ basics
     @property
-    def X(self) -> torch.Tensor:
+    def X(self) -> torch.Tensor:  # noqa: N802 - the established name of the inputs
         """The inputs, float32 ``(n, *input_shape)`` (a subset gathers its rows once)."""
         if self._X is None:
             assert self._rows is not None

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from expunge._hashing import derive_key, keyed_uniform
 from expunge.exceptions import StoreError
 from expunge.store import Store
-from expunge._hashing import derive_key, keyed_uniform
 from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact._selection import Selection, SelectionTrace, unit_rows
 
@@ -95,6 +95,7 @@ class ClassState:
     def keep(self, ids: np.ndarray) -> ClassState:
         """The state restricted to ``ids`` (a subset of this class's ids), selection aside."""
         at = self.rows(ids)
+        assert self.ids is not None
         return ClassState(
             ids=np.asarray(ids, dtype=np.int64),
             density=None if self.density is None else self.density[at],
@@ -186,7 +187,7 @@ def _bucket_of(name: str) -> int:
 
 def _write_arrays(store: Store, prefix: str, salt: str, arrays: dict[str, np.ndarray],
                   k: int) -> str:
-    name = prefix + _digest(salt, list(arrays.values()))
+    name = prefix + _digest(salt, [arrays[n] for n in sorted(arrays)])  # canonical order
     if not store.has_blob(name):
         store.write_blob(name, {n: torch.from_numpy(np.ascontiguousarray(a))
                                 for n, a in arrays.items()}, {"class": str(k)})
@@ -268,7 +269,7 @@ def _read_arrays(store: Store, name: str, salt: str, fields: list[str],
     arrays = {n: t.numpy() for n, t in tensors.items()}
     if any(f not in arrays for f in fields):
         return None  # an older format
-    hashed = [*fields, *(f for f in optional if f in arrays)]
+    hashed = sorted([*fields, *(f for f in optional if f in arrays)])
     return arrays if name.endswith(_digest(salt, [arrays[f] for f in hashed])) else None
 
 

@@ -43,7 +43,7 @@ try:  # numba is a dependency; the numpy path keeps the library working without 
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised by forcing method="numpy"
-    numba = None
+    numba = None  # type: ignore[assignment]
     HAVE_NUMBA = False
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from expunge.exceptions import InvalidParameterError
 from expunge.models import ModelSpec, build_model, seeded_init
 from expunge.store import Store
 from expunge.strategies.base import FittedModel, ForgetStats
+from expunge.strategies.exact._arcane_model import ARCANEModel
 from expunge.strategies.exact._class_state import (
     ClassState,
     blob_names,
@@ -50,69 +51,14 @@ from expunge.strategies.exact._one_class import (
     calibration_stats,
     svdd_loss,
 )
+from expunge.strategies.exact._prior import DeletionPrior, is_prior, prior_values
 from expunge.strategies.exact._selection import greedy_logdet
 from expunge.strategies.exact.sharded import BlockPlan, ShardedModel, ShardedStrategy, Submodel
 from expunge.strategies.registry import register_strategy
 from expunge.training import epoch_schedule
 
-#: what ``deletion_prior`` may be (see :class:`ARCANE`)
-DeletionPrior = Callable[[np.ndarray], Any] | Mapping[int, float] | np.ndarray | Sequence[float]
-
 #: ``shrinkage="auto"``: chosen per feature map on MNIST and UCI Adult (docs/arcane.md)
 AUTO_SHRINKAGE = {"conv": 0.005, "relu": 0.05, "projection": 0.05, "pixels": 0.05}
-
-
-def _is_prior(value: Any) -> bool:
-    # torch tensors are refused: the manifest records arrays by digest, tensors it cannot
-    return callable(value) or isinstance(value, (Mapping, np.ndarray, list, tuple))
-
-
-class ARCANEModel(ShardedModel):
-    """ARCANE's fitted model: the sub-models, plus each class's features and selection.
-
-    ``classes`` maps a class to its :class:`~expunge.strategies.exact._class_state.ClassState`
-    (after a reopen, only blob names until a request needs the class). The fingerprint is
-    the engine's (SHA-256 of every learned tensor in order) but reuses the hash state of
-    the leading sub-models it shares with the model it was derived from.
-    """
-
-    def __init__(self, base: ShardedModel, classes: dict[int, ClassState],
-                 previous: FittedModel | None = None) -> None:
-        super().__init__(base.strategy, base.submodels, base.sample_passes)
-        self.extra_state = dict(base.extra_state)
-        self.extra_blobs = frozenset(base.extra_blobs)
-        self.classes = classes
-        self.info: dict[str, Any] = {}
-        self._digest: str | None = None
-        self._prefixes: list[Any] = []  # sha256 state after each sub-model
-        self._previous = previous if isinstance(previous, ARCANEModel) else None
-
-    def fingerprint(self) -> str:
-        if self._digest is not None:
-            return self._digest
-        previous, self._previous = self._previous, None
-        h, prefixes = hashlib.sha256(), []
-        shared = previous is not None and previous._digest is not None
-        for k, submodel in enumerate(self.submodels):
-            shared = shared and previous is not None and k < len(previous.submodels) and \
-                previous.submodels[k] is submodel and k < len(previous._prefixes)
-            if shared and previous is not None:
-                h = previous._prefixes[k].copy()
-            else:
-                for name, tensor in self._tensors(submodel):
-                    t = tensor.detach().cpu().contiguous()
-                    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-                    h.update(t.numpy().tobytes())
-            prefixes.append(h.copy())
-        self._prefixes = prefixes
-        self._digest = h.hexdigest()
-        return self._digest
-
-    @staticmethod
-    def _tensors(s: Submodel) -> list[tuple[str, torch.Tensor]]:
-        # exactly ShardedModel.learned_tensors, one sub-model at a time
-        return [(f"{s.index}/model/{n}", t) for n, t in sorted(s.module.state_dict().items())] \
-            + [(f"{s.index}/extra/{n}", t) for n, t in sorted(s.extras.items())]
 
 
 @register_strategy
@@ -233,7 +179,7 @@ class ARCANE(ShardedStrategy):
         "n_blocks": [Interval(int, 1, None)],
         "blocks": [Options(("auto", "cumulative", "incremental"))],
         "sorting": [bool],
-        "deletion_prior": [None, Check(_is_prior, "a callable, a mapping {id: value} or a "
+        "deletion_prior": [None, Check(is_prior, "a callable, a mapping {id: value} or a "
                                                   "numpy array indexed by id")],
         "order": [Options(("auto", "hash", "greedy"))],
         "shrinkage": [Options(("auto",)), Interval(float, 0, 1, closed="both")],
@@ -406,46 +352,7 @@ class ARCANE(ShardedStrategy):
     # ---------------------------------------------------------------- prior
     def _prior_values(self, ids: np.ndarray) -> np.ndarray | None:
         """The deletion prior of each id (float64), or ``None`` without sorting by prior."""
-        prior = self.deletion_prior
-        if prior is None or not self.sorting:
-            return None
-        ids = np.asarray(ids, dtype=np.int64)
-        if isinstance(prior, Mapping):
-            if "array_sha256" in prior or "callable" in prior:
-                raise InvalidParameterError(
-                    "deletion_prior was recorded in the store as a digest, not its values; pass "
-                    "it again when reopening: expunge.open(path, deletion_prior=...)."
-                )
-            try:
-                table = {int(k): float(v) for k, v in prior.items()}
-            except (TypeError, ValueError) as err:
-                raise InvalidParameterError(
-                    f"deletion_prior as a mapping must map integer ids to numbers: {err}."
-                ) from None
-            values = np.array([table.get(int(i), 0.0) for i in ids.tolist()], dtype=np.float64)
-        elif callable(prior):
-            values = np.asarray(prior(ids.copy()), dtype=np.float64).reshape(-1)
-            if values.shape[0] != ids.shape[0]:
-                raise InvalidParameterError(
-                    f"deletion_prior(ids) must return one value per id; got {values.shape[0]} "
-                    f"values for {ids.shape[0]} ids."
-                )
-        else:
-            table_array = np.asarray(prior, dtype=np.float64).reshape(-1)
-            if ids.size and (ids.min() < 0 or ids.max() >= table_array.shape[0]):
-                raise InvalidParameterError(
-                    f"deletion_prior as an array is indexed by id, but it has "
-                    f"{table_array.shape[0]} entries and the data has ids up to {int(ids.max())}"
-                    f" (min {int(ids.min())}). Pass an array of length > max id, or a mapping "
-                    "{id: value}."
-                )
-            values = table_array[ids]
-        if not np.isfinite(values).all():
-            bad = ids[~np.isfinite(values)][:5].tolist()
-            raise InvalidParameterError(
-                f"deletion_prior must be finite; ids {bad} have non-finite values."
-            )
-        return values
+        return prior_values(self.deletion_prior, bool(self.sorting), ids)
 
     # -------------------------------------------------- features and selection
     def _state_key(self, input_shape: tuple[int, ...]) -> str:
@@ -664,6 +571,7 @@ class ARCANE(ShardedStrategy):
                 columns.append(torch.full((X.shape[0],), EMPTY_SCORE, dtype=torch.float64))
                 continue
             if isinstance(s.module, GaussianDensity):
+                assert phi is not None
                 raw = s.module.score_features(phi, s.extras)
             else:
                 raw = s.module.score(X, s.extras)  # type: ignore[operator]
