@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from expunge._hashing import derive_key, keyed_uniform, sha256_ids
+from expunge._hashing import derive_key, keyed_buckets, sha256_ids
 from expunge.data._dataset import IndexedDataset
 from expunge.store import Store
 
@@ -36,8 +36,7 @@ _BUCKET_KEY = derive_key(0, "stored-data-bucket")
 
 def data_buckets(ids: np.ndarray) -> np.ndarray:
     """The bucket of each id: ``floor(u(id) * DATA_BUCKETS)`` for a keyed uniform ``u``."""
-    uniform = keyed_uniform(_BUCKET_KEY, np.asarray(ids, dtype=np.int64))
-    return np.floor(uniform * DATA_BUCKETS).astype(np.int64)
+    return keyed_buckets(_BUCKET_KEY, ids, DATA_BUCKETS)
 
 
 def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarray,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from expunge._hashing import derive_key, keyed_uniform
+from expunge._hashing import derive_key, keyed_buckets
 from expunge.exceptions import StoreError
 from expunge.store import Store
 from expunge.strategies.exact._features import FeatureMap
@@ -55,8 +55,7 @@ _BUCKET_KEY = derive_key(0, "arcane-feature-bucket")
 
 def feature_buckets(ids: np.ndarray) -> np.ndarray:
     """The feature bucket of each id (a keyed hash: independent of the other ids)."""
-    uniform = keyed_uniform(_BUCKET_KEY, np.asarray(ids, dtype=np.int64))
-    return np.floor(uniform * FEATURE_BUCKETS).astype(np.int64)
+    return keyed_buckets(_BUCKET_KEY, ids, FEATURE_BUCKETS)
 
 
 def selection_features(density: np.ndarray, seed: int) -> np.ndarray:
