@@ -4,6 +4,8 @@
 each with one JSON line on stdout, so that a test pays the interpreter's start-up (torch's
 import: seconds) once per process, not once per trial:
 
+* ``{"op": "fit", "store": PATH, "params": {...}, "n": N}``: fit SISA on the first N
+  digits into a new store;
 * ``{"op": "open", "store": PATH}``: load the store (``expunge.open``);
 * ``{"op": "forget", "ids": [...], "delay": S}``: sleep S seconds, then forget the ids;
 * ``{"op": "forget-each", "ids": [...]}``: forget the ids one request at a time;
@@ -39,7 +41,14 @@ def main() -> None:
         command = json.loads(line)
         op = command["op"]
         try:
-            if op == "open":
+            if op == "fit":
+                from expunge.data import load_dataset
+
+                train, _ = load_dataset("digits")
+                data = train.select(train.ids[: int(command["n"])])
+                expunge.SISA(**command["params"], store=command["store"]).fit(data).close()
+                answer(op=op, status="ok")
+            elif op == "open":
                 if handle is not None:
                     handle.close()
                 handle = expunge.open(command["store"])

@@ -137,7 +137,7 @@ def test_a_flipped_byte_in_an_intermediate_checkpoint_is_detected_and_never_trai
     # an id of slice 2 of shard 0: its request resumes from shard 0's block-1 checkpoint
     plan = strategy._plans(strategy.training_data)[0]
     target = int(plan.blocks[2][0])
-    resume_from = [n for n in blobs(path, "ckpt/sub-000/block-001-")][0]
+    (resume_from,) = blobs(path, "ckpt/sub-000/block-001-")
     flip_byte(blob_path(path, resume_from))
     detected(path, strategy, StoreIntegrityError, f"{resume_from}.*does not match")
     before = (strategy.fingerprint(), strategy.ledger.head)

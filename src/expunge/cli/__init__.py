@@ -72,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as err:
         if args.debug:
             raise
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        filename = getattr(err, "filename", None)
+        where = f" ({filename})" if filename else ""
         text = getattr(err, "strerror", None) or str(err)
         print(f"expunge: error: {type(err).__name__}{where}: {_one_line(text)}", file=sys.stderr)
         return EXIT_USAGE

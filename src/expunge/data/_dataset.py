@@ -48,7 +48,8 @@ def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "
     if isinstance(ids, (str, bytes)):
         raise InvalidRequestError(f"{what} must be a sequence of integers; got the string {ids!r}.")
     if isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
-        ids = [ids]
+        ids = np.asarray([int(ids)], dtype=np.int64) if -(2**63) <= int(ids) < 2**63 \
+            else [int(ids)]
     if isinstance(ids, np.ndarray):
         array = ids
         if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:

@@ -74,8 +74,8 @@ class DirectoryStore(Store):
             )
         self.writable = os.access(root, os.W_OK)
         super().__init__(self._connect(create))
-        self._write_lock = FileLock(root / layout.WRITE_LOCK, f"the write lock of store {str(root)!r}",
-                                    record_holder=True)
+        self._write_lock = FileLock(root / layout.WRITE_LOCK,
+                                    f"the write lock of store {str(root)!r}", record_holder=True)
         self._read_lock = FileLock(root / layout.READ_LOCK,
                                    f"the read lock of store {str(root)!r}")
 

@@ -95,7 +95,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
         flat = flat.to(torch.uint8)
     if flat.numel() and flat.stride(0) != 1:  # e.g. an expanded 1-element tensor (stride 0)
         flat = flat.clone(memory_format=torch.contiguous_format)
-    return memoryview(flat.view(torch.uint8).numpy())
+    return memoryview(flat.view(torch.uint8).numpy().data)
 
 
 def tensors_digest(key: StoreKey, tensors: Mapping[str, torch.Tensor],
@@ -130,7 +130,7 @@ def ids_digest(key: StoreKey, ids: Iterable[int]) -> str:
     import numpy as np
 
     array = np.sort(np.fromiter((int(i) for i in ids), dtype=np.int64))
-    return key.digest("ids", memoryview(np.ascontiguousarray(array, dtype="<i8")))
+    return key.digest("ids", np.ascontiguousarray(array, dtype="<i8").tobytes())
 
 
 # --------------------------------------------------------------------------- verify

@@ -45,7 +45,7 @@ from expunge.exceptions import (
 )
 from expunge.store._fs import sqlite_errors
 from expunge.store._integrity import StoreKey, head_mac, ledger_genesis, text_digest
-from expunge.store._ledger import SCHEMA, Ledger, LedgerEntry, chain_hash
+from expunge.store._ledger import Ledger, LedgerEntry, chain_hash
 from expunge.store._lock import FileLock, ThreadLock, WaitNotice
 
 Tensors = dict[str, torch.Tensor]

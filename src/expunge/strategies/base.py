@@ -27,11 +27,9 @@ import logging
 import math
 import sys
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -40,13 +38,11 @@ import torch
 
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
-from expunge._version import __version__
 from expunge.data._dataset import IndexedDataset
 from expunge.exceptions import (
     AlreadyForgottenError,
     DatasetError,
     InvalidParameterError,
-    InvalidRequestError,
     LedgerIntegrityError,
     NotFittedError,
     StoreIntegrityError,
@@ -62,6 +58,7 @@ from expunge.strategies._checks import (
     check_training_data,
     parse_request,
 )
+from expunge.strategies._manifest import prepare_manifest
 from expunge.strategies._params import check_overrides
 from expunge.strategies._params import jsonable_param as _jsonable_param
 from expunge.strategies._stored_data import (
@@ -375,77 +372,10 @@ class UnlearningStrategy(ABC):
         #: the committed head this handle's state is (a request reloads if the store moved on)
         self._head: Head = store.loaded_head
 
-    def _manifest(self, dataset: IndexedDataset, dataset_hmac: str) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "store_id": uuid.uuid4().hex,
-            "strategy": self.name,
-            "params": self._recorded_params(),
-            "dataset": {
-                # keyed with the store's secret: it cannot confirm a guessed sample
-                "hmac": dataset_hmac, "n_samples": len(dataset),
-                "n_classes": dataset.n_classes, "input_shape": list(dataset.input_shape),
-            },
-            "expunge_version": __version__,
-            "torch_version": torch.__version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-
     def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
-        """Write the manifest, or check the existing one (under the write lock).
-
-        Until a fit commits, the manifest is provisional: the same parameters and data
-        resume (reusing finished checkpoints), anything else replaces it.
-        """
-        dataset_hmac = store.keyed_digest("dataset", dataset.fingerprint())
-        manifest = self._manifest(dataset, dataset_hmac)
-        existing = store.read_manifest()
-        committed = store.read_state()
-        if committed is None:
-            if existing is None or not self._same_store(existing, manifest):
-                store.write_manifest(manifest)
-            return
-        where = store.location
-        if committed.get("manifest") != store.manifest_digest():
-            raise StoreIntegrityError(
-                f"{store.describe_file('manifest')} was modified after the store was created; "
-                "its recorded parameters cannot be trusted. Restore it, or use a new store."
-            )
-        if existing is None or existing.get("format_version") != FORMAT_VERSION:
-            raise StoreMismatchError(
-                f"The store {where!r} has format version "
-                f"{(existing or {}).get('format_version')!r}; this expunge writes version "
-                f"{FORMAT_VERSION}. Use a new store."
-            )
-        if existing.get("strategy") != self.name:
-            raise StoreMismatchError(
-                f"The store {where!r} holds a {existing.get('strategy')!r} model, not "
-                f"{self.name!r}. Use a new store, or reopen it with expunge.open({where!r})."
-            )
-        recorded = dict(existing.get("params") or {})
-        for key, value in manifest["params"].items():
-            if recorded.get(key) != value:
-                raise StoreMismatchError(
-                    f"The store {where!r} was created with {key}={recorded.get(key)!r}, "
-                    f"but this {type(self).__name__} has {key}={value!r}. Use a new store, or "
-                    f"reopen it with expunge.open({where!r})."
-                )
-        if existing.get("dataset", {}).get("hmac") != dataset_hmac:
-            raise StoreMismatchError(
-                f"The store {where!r} was fitted on other data (its keyed dataset fingerprint "
-                "differs). Use a new store."
-            )
-        if store.ledger.entries("forget"):
-            raise StoreMismatchError(
-                f"The store {where!r} has already forgotten samples; fitting again would bring "
-                f"them back. Reopen it with expunge.open({where!r}) to keep forgetting."
-            )
-
-    @staticmethod
-    def _same_store(existing: dict[str, Any], manifest: dict[str, Any]) -> bool:
-        return all(existing.get(k) == manifest.get(k)
-                   for k in ("format_version", "strategy", "params")) and \
-            existing.get("dataset", {}).get("hmac") == manifest["dataset"]["hmac"]
+        """Write the manifest, or check the existing one (see :func:`prepare_manifest`)."""
+        prepare_manifest(store, self.name, type(self).__name__, self._recorded_params(),
+                         dataset, FORMAT_VERSION)
 
     @staticmethod
     def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray) -> list[str]:
