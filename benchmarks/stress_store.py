@@ -34,10 +34,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "store"))
 
+from test_concurrency import PARAMS, Worker  # noqa: E402
+
 import expunge  # noqa: E402
 from expunge.data import load_dataset  # noqa: E402
 from expunge.exceptions import ExpungeError  # noqa: E402
-from test_concurrency import PARAMS, Worker  # noqa: E402
 
 
 def problems_of(path: Path, data: Any, applied: set[int]) -> list[str]:

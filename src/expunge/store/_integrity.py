@@ -91,9 +91,11 @@ class StoreKey:
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw bytes of a tensor, without a copy when it is already contiguous on CPU."""
     flat = tensor.detach().cpu().reshape(-1)
+    if flat.numel() == 0:  # may have stride 0, which no byte view accepts
+        return memoryview(b"")
     if flat.dtype == torch.bool:
         flat = flat.to(torch.uint8)
-    if flat.numel() and flat.stride(0) != 1:  # e.g. an expanded 1-element tensor (stride 0)
+    if flat.stride(0) != 1:  # e.g. an expanded 1-element tensor (stride 0)
         flat = flat.clone(memory_format=torch.contiguous_format)
     return memoryview(flat.view(torch.uint8).numpy().data)
 

@@ -177,6 +177,7 @@ class FittedModel(ABC):
 # --------------------------------------------------------------------------- helpers
 def _as_inputs(X: Any) -> torch.Tensor:
     if isinstance(X, IndexedDataset):
+        check_finite(X.X, "X")
         return X.X
     if isinstance(X, torch.Tensor):
         inputs = X.detach().cpu().to(torch.float32)
@@ -352,11 +353,7 @@ class UnlearningStrategy(ABC):
         return int(getattr(fitted, "sample_passes", 0))
 
     def _check_dataset(self, dataset: IndexedDataset) -> None:
-        """Strategy-specific checks of the training data; override to refuse.
-
-        Also applied to what a ``forget`` would leave, which must be something ``fit``
-        accepts (``forget(F)`` is ``fit(D.drop(F))``).
-        """
+        """Strategy-specific checks of the training data; override to refuse."""
 
     def _install(self, store: Store, data: IndexedDataset, fitted: FittedModel,
                  forgotten: dict[int, int], positions: np.ndarray) -> None:
@@ -460,9 +457,9 @@ class UnlearningStrategy(ABC):
             )
 
     def _check_retained(self, retained: IndexedDataset) -> None:
-        """Refuse a request whose retained data ``fit`` would refuse (nothing is written)."""
+        """Refuse a request that would leave no data, or data of one class, which ``fit``
+        refuses (nothing is written); a strategy may refuse more in ``_forget``."""
         check_retained(retained, len(self.data_))
-        self._check_dataset(retained)
 
     def forget(
         self, ids: Iterable[int] | np.ndarray | torch.Tensor, *, tag: str | None = None,
