@@ -398,7 +398,9 @@ def test_a_reopened_store_reuses_the_committed_selection(data, fitted, tmp_path)
 
 def test_a_changed_selection_blob_is_not_trusted(data, tmp_path):
     """A selection blob replaced under its name no longer matches the digest committed for
-    it: the store refuses to load it (before ARCANE's own check against the name)."""
+    it: the store refuses to read it (before ARCANE's own check against the name). ARCANE
+    reads a class's picks when a request needs them, so the next request is refused and
+    changes nothing; ``verify`` names the blob at once."""
     path = tmp_path / "store"
     ARCANE(**BASE, store=path).fit(data).close()
     reopened = expunge.open(path)
@@ -411,5 +413,11 @@ def test_a_changed_selection_blob_is_not_trusted(data, tmp_path):
     raw.write_blob(name, {"ids": tensors["ids"].flip(0).contiguous(), "gains": tensors["gains"]},
                    metadata)
     raw.close()
+    reopened = expunge.open(path)
+    before = (reopened.fingerprint(), len(reopened.ledger))
     with pytest.raises(StoreIntegrityError, match=f"{name}.*does not match the digest"):
-        expunge.open(path)
+        reopened.verify()
+    with pytest.raises(StoreIntegrityError, match=f"{name}.*does not match the digest"):
+        reopened.forget([int(data.ids_of_class(5)[0])])
+    assert (reopened.fingerprint(), len(reopened.ledger)) == before
+    reopened.close()

@@ -337,10 +337,14 @@ class ARCANE(ShardedStrategy):
                 "shrinkage": self.shrinkage_value(input_shape),
                 "calibration": self.calibration_method}
 
-    def _manifest(self, dataset: IndexedDataset) -> dict[str, Any]:
-        manifest = super()._manifest(dataset)
-        manifest["resolved"] = self.resolved_params(dataset.input_shape)
-        return manifest
+    def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
+        super()._prepare_store(store, dataset)
+        # record what every "auto" resolved to, while the manifest is still provisional
+        # (its digest is committed with the fit, and it is immutable after)
+        manifest = store.read_manifest() or {}
+        resolved = self.resolved_params(dataset.input_shape)
+        if store.read_state() is None and manifest.get("resolved") != resolved:
+            store.write_manifest({**manifest, "resolved": resolved})
 
     def _context(self, data: IndexedDataset) -> str:
         # the state format is part of what a checkpoint was computed with: checkpoints of
