@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from expunge._hashing import derive_key, keyed_order
+from expunge.data._dataset import InputBatches
 from expunge.exceptions import InvalidParameterError
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,7 +119,7 @@ class EpochKey:
 def train_epochs(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    X: torch.Tensor,
+    X: torch.Tensor | InputBatches,
     y: torch.Tensor,
     ids: np.ndarray,
     *,
@@ -129,6 +130,8 @@ def train_epochs(
 ) -> int:
     """Train ``module`` in place for ``len(keys)`` epochs on ``(X, y)`` with sample ``ids``.
 
+    ``X[batch]`` gives a batch's model inputs: a tensor, or a dataset's
+    :meth:`~expunge.data.IndexedDataset.batches` (rows gathered and transformed per batch).
     Returns the number of gradient steps taken. With no samples, nothing happens.
     Cost: ``len(keys) * len(ids)`` sample-passes (forward + backward).
     """

@@ -367,7 +367,7 @@ def _check_train_matches(train: IndexedDataset | None, data: IndexedDataset,
     if sample.size == 0:
         return
     a, b = train.select(sample), data.select(sample)
-    if not (torch.equal(a.y, b.y) and torch.equal(a.X, b.X)):
+    if not (torch.equal(a.y, b.y) and torch.equal(a.X, b.X) and a.transform == b.transform):
         raise DatasetError(
             "train= does not hold the same samples as the strategy's training data (labels or "
             "inputs differ for shared ids): pass the training data the strategy was fitted on."
@@ -718,10 +718,10 @@ def _pool(retained: IndexedDataset, forget_set: IndexedDataset,
     if np.isin(test.ids, full.ids).any():
         offset = int(max(full.ids.max(), test.ids.max())) + 1
         test_pool = IndexedDataset(test.X, test.y, offset + np.arange(len(test), dtype=np.int64),
-                                   n_classes=test.n_classes)
+                                   n_classes=test.n_classes, transform=test.transform)
     n_classes = max(full.n_classes, test.n_classes)
-    full = IndexedDataset(full.X, full.y, full.ids, n_classes=n_classes)
-    test_pool = IndexedDataset(test_pool.X, test_pool.y, test_pool.ids, n_classes=n_classes)
+    full = full.with_n_classes(n_classes)
+    test_pool = test_pool.with_n_classes(n_classes)
     return IndexedDataset.concat([full, test_pool]), test_pool
 
 
@@ -735,8 +735,7 @@ def _shadow_attacks(
     pool, test_pool = _pool(retained, forget_set, test)
     retain_targets = _subsample(retained, len(test), derive_key(seed, "lira", "retain"))
     targets = IndexedDataset.concat([
-        IndexedDataset(d.X, d.y, d.ids, n_classes=pool.n_classes)
-        for d in (forget_set, test_pool, retain_targets)])
+        d.with_n_classes(pool.n_classes) for d in (forget_set, test_pool, retain_targets)])
     n_f, n_t = len(forget_set), len(test_pool)
     seg_f, seg_t, seg_r = slice(0, n_f), slice(n_f, n_f + n_t), slice(n_f + n_t, None)
     changes = {} if options.shadow_epochs is None else {"epochs": options.shadow_epochs}

@@ -608,8 +608,7 @@ class PUMA(UnlearningStrategy):
         strategy = cls(model=copy.deepcopy(module).eval(), **params)
         n_classes = max(train.n_classes, val.n_classes)
         data = IndexedDataset.concat([
-            IndexedDataset(train.X, train.y, train.ids, n_classes=n_classes),
-            IndexedDataset(val.X, val.y, val.ids, n_classes=n_classes),
+            train.with_n_classes(n_classes), val.with_n_classes(n_classes),
         ])
         strategy._pending_val_ids = np.sort(np.asarray(val.ids, dtype=np.int64))
         strategy._pretrained = True
@@ -686,7 +685,7 @@ class PUMA(UnlearningStrategy):
         in_criterion = is_val if criterion_ids is None else np.isin(data.ids, criterion_ids)
         labels = data.y.numpy()
         curvature = LossCurvature(
-            module, data.X, data.y, scope=self.scope,  # type: ignore[arg-type]
+            module, data.inputs(), data.y, scope=self.scope,  # type: ignore[arg-type]
             kind=self.hessian,  # type: ignore[arg-type]
             weight_decay=float(self.weight_decay), damping=float(self.damping),
             dtype=self._torch_dtype, chunk_size=CHUNK_SIZE,
@@ -889,7 +888,7 @@ class PUMA(UnlearningStrategy):
             # one intra-op thread, as the exact strategies train (the thread count can
             # change the bits of CPU kernels): fit then equals Retrain on the training split
             with pinned_threads(TRAIN_THREADS):
-                train_epochs(module, optimizer, train.X, train.y, train.ids, config=config,
+                train_epochs(module, optimizer, train.batches(), train.y, train.ids, config=config,
                              keys=keys, on_epoch=lambda: progress.advance(task))
             passes = len(train) * self.epochs
         module.eval()
