@@ -196,7 +196,7 @@ def test_torch_dataset_items_of_another_shape_are_refused():
 
     ds = IndexedDataset.from_torch(Ragged(), labels=[0, 1, 0])
     with pytest.raises(DatasetError, match="item 2 .* shape"):
-        ds.X
+        ds.X  # noqa: B018 - gathering the rows is what fails
 
 
 # ------------------------------------------------------------ with strategies

@@ -427,7 +427,8 @@ class IndexedDataset:
         transforms = {p.transform for p in parts}
         if len(transforms) > 1:
             raise DatasetError(
-                f"concat needs datasets with one input transform; got {sorted(map(repr, transforms))}."
+                "concat needs datasets with one input transform; got "
+                f"{sorted(map(repr, transforms))}."
             )
         return IndexedDataset(
             torch.cat([p.X for p in parts]),
