@@ -271,3 +271,25 @@ def test_a_store_refuses_the_same_data_with_another_transform(raw_digits, tmp_pa
     make("retrain", store=path).fit(train).close()
     with pytest.raises(expunge.exceptions.StoreMismatchError, match="other data"):
         make("retrain", store=path).fit(train.with_transform(Scale(1 / 15)))
+
+
+@pytest.mark.parametrize("name", expunge.available_strategies())
+def test_every_strategy_fits_uint8_data_as_its_float32_twin(name, raw_digits, float_digits):
+    """The transform gives the float32 loader's bits, so every strategy (approximate ones
+    too) fits the very same model, and forgets the same way, from the uint8 data."""
+    raw, floats = make(name).fit(raw_digits[0]), make(name).fit(float_digits)
+    assert raw.fingerprint() == floats.fingerprint()
+    raw.forget([int(raw_digits[0].ids[5])])
+    floats.forget([int(raw_digits[0].ids[5])])
+    assert raw.fingerprint() == floats.fingerprint()
+    test = raw_digits[1]
+    assert np.array_equal(raw.predict_proba(test.X).numpy(),
+                          floats.predict_proba(test.inputs()).numpy())
+
+
+def test_process_workers_get_the_stored_dtype_and_the_transform(raw_digits, float_digits):
+    """Workers receive uint8 rows and the transform's record: the serial bits."""
+    params = {**expunge.SISA._test_params(), "model": "logreg"}
+    serial = expunge.SISA(**params).fit(float_digits).fingerprint()
+    pool = expunge.SISA(**params, executor="process", n_jobs=2).fit(raw_digits[0])
+    assert pool.fingerprint() == serial
