@@ -9,8 +9,15 @@ from typing import Any
 import numpy as np
 
 from expunge.bench._context import Context
-from expunge.bench._kinds import _plt, _save, accuracy, kind, single_requests, store_bytes
-from expunge.data import random_forget_ids
+from expunge.bench._kinds import (
+    _plt,
+    _save,
+    accuracy,
+    kind,
+    request_ids,
+    single_requests,
+    store_bytes,
+)
 
 
 def _plot_workload(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
@@ -47,11 +54,7 @@ def workload(ctx: Context) -> dict[str, Any]:
     another; test accuracy after the fit and after the batch; the store's size after fit
     beside the raw bytes of the training inputs (uint8 with ``raw = true``)."""
     train, test = ctx.data()
-    rng = np.random.default_rng(ctx.seed + 3000)
-    singles = rng.choice(train.ids, size=int(ctx.spec.settings.get("requests", 2)),
-                         replace=False).tolist()
-    batch = random_forget_ids(train, fraction=float(ctx.spec.settings.get("batch_fraction", 0.01)),
-                              seed=ctx.seed)
+    singles, batch = request_ids(ctx, 3000, 2)
     rows = []
     for label in ctx.spec.strategies:
         strategy, fit_seconds = ctx.fitted_copy(label)
