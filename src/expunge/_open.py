@@ -17,12 +17,14 @@ def open(path: str | Path, **overrides: Any) -> UnlearningStrategy:
     Args:
         path: a store directory written by ``fit(..., store=path)``.
         **overrides: values for parameters the manifest cannot hold (a custom ``model``
-            callable) or runtime settings (``show_progress``).
+            callable) or runtime settings (``show_progress``). ``signing_key=PATH`` signs
+            this handle's receipts with that Ed25519 PEM key (see ``set_signing_key``).
 
     Raises:
         StoreError: ``path`` is not a store. StoreMismatchError: written by an incompatible
             version, or a custom model is needed.
     """
+    signing_key = overrides.pop("signing_key", None)
     store = DirectoryStore(path, create=False)
     try:
         manifest = store.read_manifest() or {}
@@ -34,7 +36,10 @@ def open(path: str | Path, **overrides: Any) -> UnlearningStrategy:
                 f"({manifest.get('expunge_version', 'unknown')})."
             )
         cls = get_strategy(str(manifest.get("strategy")))
-        return cls._from_store(store, manifest, overrides, path)
+        strategy = cls._from_store(store, manifest, overrides, path)
+        if signing_key is not None:
+            strategy.set_signing_key(signing_key)
+        return strategy
     except BaseException:
         store.close()
         raise

@@ -43,10 +43,11 @@ from expunge.exceptions import (
     NotFittedError,
     StoreMismatchError,
     UnknownSampleError,
+    UnknownSubjectError,
 )
 from expunge.store import Ledger, LedgerEntry, Store, open_store
 from expunge.strategies._stored_data import (
-    read_training_data,
+    read_stored_data,
     write_training_data,
 )
 
@@ -83,6 +84,10 @@ class ForgetReport:
         fingerprint_before / fingerprint_after: model fingerprints around the request.
         details: strategy-specific facts (first retrained block per sub-model, PUMA's
             solver residual and number of re-weighted samples, ...).
+        receipt: the signed receipt of the request (``expunge.verify_receipt(receipt,
+            m.public_key)``; see docs/operations.md).
+        subject_nonce: for ``forget_subject``, the nonce that lets the data subject check
+            the receipt concerns them (give it to them; the store does not keep it).
     """
 
     request_id: str
@@ -97,6 +102,8 @@ class ForgetReport:
     fingerprint_before: str
     fingerprint_after: str
     details: dict[str, Any]
+    receipt: dict[str, Any] | None = None
+    subject_nonce: str | None = None
 
     @classmethod
     def from_entry(cls, entry: LedgerEntry) -> ForgetReport:
@@ -303,13 +310,20 @@ class UnlearningStrategy(ABC):
             started = time.perf_counter()
             progress = Progress(bool(self.show_progress))
             positions = np.arange(len(dataset), dtype=np.int64)
-            data_blobs = self._write_data(store, dataset, positions)
+            ring = self._keyring_for(store)
+            ring.signing_key()  # a bad key fails now, before anything is trained
+            subject_hashes = None
+            if dataset.subjects is not None:
+                from expunge.operations.subjects import hash_subjects
+
+                subject_hashes = hash_subjects(dataset.subjects, ring)
+            data_blobs = self._write_data(store, dataset, positions, subject_hashes)
             with progress.running():
                 fitted = self._fit(dataset, store, progress)
             state = {"data": data_blobs, "model": fitted.state()}
             live = fitted.live_blobs() | set(data_blobs)
             purged = store.collect_garbage(live)
-            store.commit(state, {
+            entry = store.commit(state, {
                 "kind": "fit", "strategy": self.name, "guarantee": self.guarantee,
                 "ids": [], "fingerprint_before": None,
                 "fingerprint_after": fitted.fingerprint(),
@@ -324,7 +338,8 @@ class UnlearningStrategy(ABC):
         except BaseException:
             store.close()
             raise
-        self._install(store, dataset, fitted, {}, positions)
+        self._install(store, dataset, fitted, {}, positions, subject_hashes)
+        self._issue_receipt(entry)
         return self
 
     def _fit_passes(self, fitted: FittedModel) -> int:
@@ -334,7 +349,8 @@ class UnlearningStrategy(ABC):
         """Strategy-specific checks of the training data; override to refuse."""
 
     def _install(self, store: Store, data: IndexedDataset, fitted: FittedModel,
-                 forgotten: dict[int, int], positions: np.ndarray) -> None:
+                 forgotten: dict[int, int], positions: np.ndarray,
+                 subject_hashes: np.ndarray | None = None) -> None:
         old = getattr(self, "store_", None)
         if old is not None and old is not store:
             old.close()
@@ -342,6 +358,8 @@ class UnlearningStrategy(ABC):
         self.data_ = data
         # each row's position in the data ``fit`` saw: the stored buckets keep row order by it
         self._data_positions = positions
+        # each row's keyed subject hash (uint8 (n, 32)), or None: data without subjects
+        self._subject_hashes = subject_hashes
         self.fitted_ = fitted
         self._forgotten = forgotten
 
@@ -391,7 +409,8 @@ class UnlearningStrategy(ABC):
             )
 
     @staticmethod
-    def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray) -> list[str]:
+    def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray,
+                    subject_hashes: np.ndarray | None = None) -> list[str]:
         """Write the retained training data in buckets; return their blob names.
 
         Only buckets whose ids changed are written (see :mod:`expunge.strategies._stored_data`);
@@ -399,7 +418,7 @@ class UnlearningStrategy(ABC):
         """
         manifest = store.read_manifest() or {}
         original = manifest.get("dataset", {}).get("fingerprint", "")
-        return write_training_data(store, data, positions, original)
+        return write_training_data(store, data, positions, original, subject_hashes)
 
     # ---------------------------------------------------------------- forget
     def _check_request(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
@@ -447,8 +466,72 @@ class UnlearningStrategy(ABC):
                 and nothing changes.
         """
         self._require_fitted("forget")
+        return self._apply_forget(ids, tag=tag)
+
+    def forget_subject(self, subject: str | int, *, tag: str | None = None) -> ForgetReport:
+        """Forget every retained sample of one subject (a person), as one request.
+
+        ``subject`` is a key given in ``IndexedDataset(..., subjects=...)``. The store never
+        saw it in clear: it is hashed with the store's secret, and the ledger entry and the
+        receipt record that hash. The report's ``subject_nonce`` lets the subject check that
+        the receipt concerns them (``verify_receipt(..., subject=, subject_nonce=)``).
+
+        Raises:
+            UnknownSubjectError: no retained sample has this subject (it never had one, or
+                every sample of it was forgotten already; the message says which).
+            InvalidRequestError: ``subject`` is not a non-empty string or an int.
+        """
+        self._require_fitted("forget_subject")
+        from expunge.operations.receipts import new_nonce, subject_commitment
+        from expunge.operations.subjects import normalise_subject
+
+        key = normalise_subject(subject)
+        subject_hash = self._keyring_for(self.store_).subject_hash(key)
+        ids = self.subject_ids(subject_hash)
+        nonce = new_nonce()
+        report = self._apply_forget(ids, tag=tag, details={
+            "subject_hashes": [subject_hash],
+            "subject_commitments": [subject_commitment(key, nonce)],
+        })
+        return ForgetReport(**{**report.__dict__, "subject_nonce": nonce})
+
+    def subject_ids(self, subject_hash: str) -> np.ndarray:
+        """The retained ids whose subject hash is ``subject_hash`` (hex), sorted.
+
+        Raises :class:`UnknownSubjectError` when there are none, saying whether an earlier
+        request forgot them.
+        """
+        from expunge.operations.subjects import rows_of
+
+        self._require_fitted("subject_ids")
+        hashes = self._subject_hashes
+        ids = np.sort(self.data_.ids[rows_of(hashes, subject_hash)]) if hashes is not None \
+            else np.empty(0, np.int64)
+        if ids.size:
+            return ids
+        earlier = [e.seq for e in self.ledger.entries("forget")
+                   if subject_hash in (e.details or {}).get("subject_hashes", [])]
+        if earlier:
+            raise UnknownSubjectError(
+                f"Every sample of this subject was already forgotten, by request(s) "
+                f"{', '.join(f'#{s}' for s in earlier)}; nothing is left to forget."
+            )
+        if hashes is None:
+            raise UnknownSubjectError(
+                "This store was fitted without subject keys: fit on "
+                "IndexedDataset(X, y, ids, subjects=[...]) to forget by subject, or forget ids."
+            )
+        raise UnknownSubjectError(
+            "No retained sample belongs to this subject (keys are compared exactly, after "
+            "turning ints into text): check the key, or forget by ids."
+        )
+
+    def _apply_forget(self, ids: Iterable[int] | np.ndarray | torch.Tensor, *,
+                      tag: str | None, details: dict[str, Any] | None = None) -> ForgetReport:
+        """``forget`` with extra ledger ``details`` (subject hashes, service request keys)."""
         started = time.perf_counter()
         request = self._check_request(ids)
+        self._keyring_for(self.store_).signing_key()  # a bad key fails before anything changes
         store, old = self.store_, self.fitted_
         kept = ~np.isin(self.data_.ids, request)  # the rows of D.drop(request), in order
         retained, positions = self.data_.where(kept), self._data_positions[kept]
@@ -456,10 +539,11 @@ class UnlearningStrategy(ABC):
         before = old.fingerprint()
         with progress.running():
             fitted, stats = self._forget(old, request, retained, store, progress)
-        data_blobs = self._write_data(store, retained, positions)
+        subject_hashes = None if self._subject_hashes is None else self._subject_hashes[kept]
+        data_blobs = self._write_data(store, retained, positions, subject_hashes)
         live = fitted.live_blobs() | set(data_blobs)
         purged = sorted(store.list_blobs() - live)
-        details = dict(stats.details)
+        details = {**stats.details, **(details or {})}
         if tag is not None:
             details["tag"] = str(tag)
         entry = store.commit({"data": data_blobs, "model": fitted.state()}, {
@@ -473,11 +557,12 @@ class UnlearningStrategy(ABC):
         # the request has happened: swap the live model, then delete what it no longer needs
         forgotten = dict(self._forgotten)
         forgotten.update({int(i): entry.seq for i in request.tolist()})
-        self._install(store, retained, fitted, forgotten, positions)
+        self._install(store, retained, fitted, forgotten, positions, subject_hashes)
         store.collect_garbage(live)
+        receipt = self._issue_receipt(entry)
         seconds = time.perf_counter() - started
         report = ForgetReport.from_entry(entry)
-        return ForgetReport(**{**report.__dict__, "seconds": seconds})
+        return ForgetReport(**{**report.__dict__, "seconds": seconds, "receipt": receipt})
 
     def _guarantee_now(self) -> str:
         """The guarantee recorded in the ledger (a subclass may weaken it by setting)."""
@@ -524,6 +609,110 @@ class UnlearningStrategy(ABC):
             )
         return count
 
+    # ------------------------------------------------------------ operations
+    def _keyring_for(self, store: Store) -> Any:
+        from expunge.operations._keys import keyring
+
+        ring = keyring(store)
+        path = getattr(self, "_signing_key_path", None)
+        if path is not None and ring.signing_key_path != path:
+            ring.use_signing_key(path)
+        return ring
+
+    def set_signing_key(self, path: str | Path) -> None:
+        """Sign this handle's receipts with the Ed25519 PEM key at ``path`` (kept outside
+        the store by the operator); checked now. Default: ``EXPUNGE_SIGNING_KEY``, else a
+        key created in ``STORE/keys/`` (mode 0600)."""
+        if self.is_fitted:
+            self._keyring_for(self.store_).use_signing_key(path)
+        self._signing_key_path = Path(path)
+
+    @property
+    def public_key(self) -> bytes:
+        """The PEM public key that verifies this store's receipts (give it to auditors)."""
+        from expunge.operations._keys import public_pem
+
+        self._require_fitted("public_key")
+        return public_pem(self._keyring_for(self.store_).signing_key().public_key())
+
+    def _issue_receipt(self, entry: LedgerEntry) -> dict[str, Any]:
+        import sqlite3
+        import warnings
+
+        from expunge.operations.receipts import ReceiptBook, receipt_fields, sign
+        from expunge.operations._keys import key_id
+
+        key = self._keyring_for(self.store_).signing_key()
+        book = ReceiptBook(self.store_)
+        receipt = sign(receipt_fields(entry, book.store_id(), key_id(key.public_key())), key)
+        try:
+            book.put(receipt)
+        except sqlite3.Error as err:  # the request happened; the receipt is issued again later
+            warnings.warn(f"The receipt of request #{entry.seq} could not be stored ({err}); "
+                          f"m.receipt({entry.seq}) issues it again.", stacklevel=3)
+        return receipt
+
+    def receipt(self, seq: int) -> dict[str, Any]:
+        """The signed receipt of ledger entry ``seq`` (issued again if it was never stored)."""
+        from expunge.operations.receipts import ReceiptBook
+
+        self._require_fitted("receipt")
+        if not 1 <= int(seq) <= len(self.ledger):
+            raise InvalidRequestError(
+                f"There is no ledger entry #{seq}; this store has entries 1 to {len(self.ledger)}.")
+        key = self._keyring_for(self.store_).signing_key()
+        return ReceiptBook(self.store_).receipt(int(seq), key)
+
+    def preview(self, ids: Iterable[int] | np.ndarray | torch.Tensor | None = None, *,
+                subject: str | int | None = None) -> Any:
+        """What ``forget(ids)`` (or ``forget_subject(subject)``) would do, without doing it.
+
+        Returns a :class:`~expunge.operations.preview.ForgetPreview`: sub-models and blocks
+        retrained, ``sample_passes`` (for exact strategies exactly what the request will
+        report), seconds estimated from this store's own timing history, and the store
+        entries that would be purged. Nothing is trained, written or recorded. Invalid
+        requests raise what ``forget`` would raise.
+        """
+        from expunge.operations.preview import preview_forget
+
+        self._require_fitted("preview")
+        if (ids is None) == (subject is None):
+            raise InvalidRequestError("Give exactly one of ids or subject to preview.")
+        if subject is not None:
+            from expunge.operations.subjects import normalise_subject
+
+            key = normalise_subject(subject)
+            ids = self.subject_ids(self._keyring_for(self.store_).subject_hash(key))
+        assert ids is not None
+        return preview_forget(self, self._check_request(ids))
+
+    def audit(self, submodels: str | int | Iterable[int] = "all", *,
+              seed: int | None = None) -> Any:
+        """Replay audit: re-derive sub-models from scratch and compare every checkpoint.
+
+        Trains the chosen sub-models again from their initialisation on the retained data
+        with the recorded parameters, and compares every checkpoint on each chain (model,
+        optimizer state, extras, ids trained on) bit for bit with the store's. Exact
+        strategies only: for approximate ones the report says no replay guarantee exists.
+
+        Args:
+            submodels: ``"all"``, a number ``k`` of sub-models drawn at random (a cheap
+                probabilistic audit: an altered sub-model is caught with probability
+                ``k / n_submodels``), or explicit sub-model indices.
+            seed: seed of the random draw (``None``: fresh OS randomness, recorded in the
+                report so the draw can be repeated).
+
+        Returns:
+            An :class:`~expunge.operations.audit.AuditReport` (``.passed``, ``.mismatches``,
+            ``.seconds``...).
+
+        Cost: the chosen sub-models' full training (``"all"`` costs about one ``fit``).
+        """
+        from expunge.operations.audit import audit_strategy
+
+        self._require_fitted("audit")
+        return audit_strategy(self, submodels, seed=seed)
+
     @property
     def store_location(self) -> str:
         self._require_fitted("store_location")
@@ -559,12 +748,13 @@ class UnlearningStrategy(ABC):
                 f"The store {str(location)!r} has no committed fit (the fit was interrupted). "
                 "Fit again with the same parameters to resume."
             )
-        data, positions = read_training_data(store, state["data"])
+        data, positions, subject_hashes = read_stored_data(store, state["data"])
         fitted = strategy._restore(state["model"], store)
         data_blobs = [state["data"]] if isinstance(state["data"], str) else state["data"]
         live = fitted.live_blobs() | set(data_blobs)
         store.collect_garbage(live | {b for b in store.list_blobs() if b.startswith(CACHE_PREFIX)})
-        strategy._install(store, data, fitted, store.ledger.forgotten(), positions)
+        strategy._install(store, data, fitted, store.ledger.forgotten(), positions,
+                          subject_hashes)
         return strategy
 
     @classmethod
