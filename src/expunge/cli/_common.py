@@ -102,7 +102,7 @@ def _choices(cls: type[UnlearningStrategy], name: str) -> str | None:
 
 
 def _metavar(kind: Any) -> str:
-    return {int: "INT", float: "FLOAT", str: "TEXT", "json": "JSON"}.get(kind, "VALUE")
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(kind, "VALUE")
 
 
 def add_strategy_flags(parser: argparse.ArgumentParser, strategy: str | None = None) -> None:
@@ -131,10 +131,12 @@ def add_strategy_flags(parser: argparse.ArgumentParser, strategy: str | None = N
         if kind is bool:
             group.add_argument(flag, dest=f"param_{name}", action=argparse.BooleanOptionalAction,
                                default=None, help=text)
+        elif kind == "json":
+            group.add_argument(flag, dest=f"param_{name}", default=None, metavar="JSON",
+                               help=text)
         else:
             group.add_argument(flag, dest=f"param_{name}", default=None,
-                               metavar=choices or _metavar(kind),
-                               type=None if kind == "json" else kind, help=text)
+                               metavar=choices or _metavar(kind), type=kind, help=text)
     parser.add_argument("--config", help="TOML file of constructor parameters (flags override)")
 
 

@@ -116,7 +116,7 @@ def class_parameter_docs(cls: type) -> dict[str, str]:
 def parameter_help(cls: type, name: str) -> str:
     """One flag's help: description, default and allowed values."""
     description = class_parameter_docs(cls).get(name, "")
-    parameter = inspect.signature(cls.__init__).parameters[name]
+    parameter = inspect.signature(cls).parameters[name]
     constraints = getattr(cls, "_parameter_constraints", {}).get(name)
     parts = [description.rstrip(".") + "." if description else ""]
     if parameter.default is not inspect.Parameter.empty:

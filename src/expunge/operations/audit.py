@@ -97,7 +97,7 @@ def _choose(total: int, submodels: str | int | Iterable[int], seed: int | None
             raise InvalidParameterError(
                 f"submodels must be 'all', a count or a list of indices; got {submodels!r}.")
         return list(range(total)), None
-    if isinstance(submodels, (int, np.integer)) and not isinstance(submodels, bool):
+    if isinstance(submodels, (int, np.integer)) and not isinstance(submodels, (bool, np.bool_)):
         count = int(submodels)
         if not 1 <= count <= total:
             raise InvalidParameterError(
@@ -107,11 +107,14 @@ def _choose(total: int, submodels: str | int | Iterable[int], seed: int | None
             seed = int(np.random.SeedSequence().entropy % (2**63))  # type: ignore[operator]
         rng = np.random.default_rng(seed)
         return sorted(int(k) for k in rng.choice(total, size=count, replace=False)), seed
-    chosen = sorted({int(k) for k in submodels})
-    bad = [k for k in chosen if not 0 <= k < total]
-    if bad or not chosen:
+    if isinstance(submodels, bool):
         raise InvalidParameterError(
-            f"Sub-model indices must be in 0..{total - 1}; got {sorted(submodels)}.")  # type: ignore[type-var]
+            f"submodels must be 'all', a count or a list of indices; got {submodels!r}.")
+    given = [int(k) for k in submodels]
+    chosen = sorted(set(given))
+    if not chosen or any(not 0 <= k < total for k in chosen):
+        raise InvalidParameterError(
+            f"Sub-model indices must be in 0..{total - 1}; got {sorted(given)}.")
     return chosen, None
 
 

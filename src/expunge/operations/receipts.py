@@ -69,7 +69,7 @@ def canonical(value: Any) -> bytes:
 
 
 def subject_commitment(subject: str, nonce: str) -> str:
-    """``sha256(domain | nonce | subject)``, hex: binds a receipt to a subject who holds ``nonce``."""
+    """``sha256(domain | nonce | subject)`` (hex): ties a receipt to whoever holds ``nonce``."""
     return hashlib.sha256(_COMMITMENT_DOMAIN + bytes.fromhex(nonce) + b"\x1f"
                           + subject.encode("utf-8")).hexdigest()
 

@@ -448,6 +448,12 @@ class UnlearningStrategy(ABC):
             )
         return np.sort(request)
 
+    def validate_request(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """The ids ``forget(ids)`` would accept now, sorted; raises what ``forget`` raises
+        (and changes nothing). Used to check requests before queueing or batching them."""
+        self._require_fitted("validate_request")
+        return self._check_request(ids)
+
     def forget(
         self, ids: Iterable[int] | np.ndarray | torch.Tensor, *, tag: str | None = None
     ) -> ForgetReport:
@@ -486,7 +492,7 @@ class UnlearningStrategy(ABC):
         from expunge.operations.subjects import normalise_subject
 
         key = normalise_subject(subject)
-        subject_hash = self._keyring_for(self.store_).subject_hash(key)
+        subject_hash = self.subject_hash(key)
         ids = self.subject_ids(subject_hash)
         nonce = new_nonce()
         report = self._apply_forget(ids, tag=tag, details={
@@ -494,6 +500,16 @@ class UnlearningStrategy(ABC):
             "subject_commitments": [subject_commitment(key, nonce)],
         })
         return ForgetReport(**{**report.__dict__, "subject_nonce": nonce})
+
+    def subject_hash(self, subject: str | int) -> str:
+        """The keyed hash (hex) this store records for the subject key ``subject``.
+
+        Only whoever holds the store's secret can compute it: that is how an operator checks
+        which subject a ledger entry concerns, without the entry revealing it."""
+        from expunge.operations.subjects import normalise_subject
+
+        self._require_fitted("subject_hash")
+        return str(self._keyring_for(self.store_).subject_hash(normalise_subject(subject)))
 
     def subject_ids(self, subject_hash: str) -> np.ndarray:
         """The retained ids whose subject hash is ``subject_hash`` (hex), sorted.
@@ -639,8 +655,8 @@ class UnlearningStrategy(ABC):
         import sqlite3
         import warnings
 
-        from expunge.operations.receipts import ReceiptBook, receipt_fields, sign
         from expunge.operations._keys import key_id
+        from expunge.operations.receipts import ReceiptBook, receipt_fields, sign
 
         key = self._keyring_for(self.store_).signing_key()
         book = ReceiptBook(self.store_)
@@ -679,12 +695,9 @@ class UnlearningStrategy(ABC):
         if (ids is None) == (subject is None):
             raise InvalidRequestError("Give exactly one of ids or subject to preview.")
         if subject is not None:
-            from expunge.operations.subjects import normalise_subject
-
-            key = normalise_subject(subject)
-            ids = self.subject_ids(self._keyring_for(self.store_).subject_hash(key))
+            ids = self.subject_ids(self.subject_hash(subject))
         assert ids is not None
-        return preview_forget(self, self._check_request(ids))
+        return preview_forget(self, self.validate_request(ids))
 
     def audit(self, submodels: str | int | Iterable[int] = "all", *,
               seed: int | None = None) -> Any:
