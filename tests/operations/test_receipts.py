@@ -174,3 +174,16 @@ def test_cli_writes_and_verifies_a_receipt_offline(small_digits, tmp_path, capsy
     receipt.write_text(json.dumps(data))
     assert main(["verify-receipt", str(receipt), "--public-key", str(key)]) == 1
     assert "INVALID" in capsys.readouterr().out
+
+
+def test_the_standalone_verifier_in_the_docs_works(signed):
+    """docs/operations.md shows how to verify without expunge: that code must work."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    block = text.split("<!-- standalone-verifier -->", 1)[1].split("```python", 1)[1]
+    namespace: dict = {}
+    exec(block.split("```", 1)[0], namespace)  # the documented code, as documented
+    _, report, key = signed
+    assert namespace["verify"](report.receipt, key)
+    assert not namespace["verify"]({**report.receipt, "seq": 1}, key)
