@@ -161,7 +161,7 @@ def main() -> None:
             before = call(port, "GET", "/v1/health")[1]["batches_processed"]
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
-                times = list(pool.map(lambda kv: forget(port, kv[1], kv[0]), batch.items()))
+                times = list(pool.map(forget, [port] * len(batch), batch.values(), batch))
             total = time.perf_counter() - started
             batches = call(port, "GET", "/v1/health")[1]["batches_processed"] - before
             rows.append((window, total, times, batches, set(batch)))
