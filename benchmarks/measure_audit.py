@@ -1,8 +1,7 @@
 """What a replay audit costs next to a full retrain: all sub-models vs a random few.
 
     .venv/bin/python benchmarks/measure_audit.py             # digits, seconds
-    .venv/bin/python benchmarks/measure_audit.py --dataset mnist \
-        --data-root ../shared/datasets/mnist                   # MNIST, ~10 minutes
+    .venv/bin/python benchmarks/measure_audit.py --dataset mnist --data-root DIR  # MNIST
 
 For each exact strategy: fit into a store, forget a few ids (so the audit checks a store
 with history), then time ``audit("all")`` (every sub-model replayed, every checkpoint
