@@ -126,3 +126,25 @@ def test_processor_thread_and_crash_recovery(served):
     assert queue.get("r1").status == DONE and queue.get("r1").seq == 2
     assert queue.get("r2").status == DONE and finished == ["r2"]
     assert [e.ids for e in m.ledger.entries("forget")] == [[7], [8]]  # r1 not applied twice
+
+
+def test_an_error_after_the_commit_is_answered_as_done(served, monkeypatch):
+    """A failure after the ledger commit (here: recording the outcome the first time) must
+    not report the request as failed: it happened."""
+    m, queue, _ = served
+    processor = Processor(m, queue)
+    queue.submit("r1", ids=[9])
+    real = queue.finish
+    calls = []
+
+    def flaky(outcomes):
+        calls.append(outcomes)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        real(outcomes)
+
+    monkeypatch.setattr(queue, "finish", flaky)
+    processor._step()
+    row = queue.get("r1")
+    assert row.status == DONE and row.seq == 2
+    assert [e.ids for e in m.ledger.entries("forget")] == [[9]]

@@ -123,14 +123,18 @@ class Processor:
     def recover(self) -> tuple[int, int]:
         """Settle requests a previous run left ``running`` (see :mod:`._queue`)."""
         with self.model_lock:
-            committed: dict[str, int] = {}
-            for entry in self.strategy.ledger.entries("forget"):
-                for key in (entry.details or {}).get("service_requests", []):
-                    committed[str(key)] = entry.seq
-            done, requeued = self.queue.recover(committed, self._result_of)
+            done, requeued = self.queue.recover(self._committed_keys(), self._result_of)
         if done or requeued:
             _LOG.warning("recovered %d committed and %d requeued request(s)", done, requeued)
         return done, requeued
+
+    def _committed_keys(self) -> dict[str, int]:
+        """Every request key the ledger records, with the seq of its entry."""
+        committed: dict[str, int] = {}
+        for entry in self.strategy.ledger.entries("forget"):
+            for key in (entry.details or {}).get("service_requests", []):
+                committed[str(key)] = entry.seq
+        return committed
 
     def _result_of(self, seq: int) -> dict[str, Any]:
         entry = self.strategy.ledger[seq]
@@ -139,18 +143,31 @@ class Processor:
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
         while not self._stop.is_set():
-            batch = self._next_batch()
-            if not batch:
-                continue
             try:
-                outcomes = self.process(batch)
-            except Exception as err:  # never lose the worker; answer the batch
-                _LOG.exception("batch failed")
-                outcomes = {r.request_key: (FAILED, None, 500, f"internal error: {err}", None)
-                            for r in batch}
-                self.queue.finish(outcomes)
-            if self.on_finished is not None:
-                self.on_finished(list(outcomes))
+                self._step()
+            except Exception:  # the queue itself failed (disk full...): retry, do not die
+                _LOG.exception("the request queue failed; retrying in 1 s")
+                self._stop.wait(1.0)
+
+    def _step(self) -> None:
+        batch = self._next_batch()
+        if not batch:
+            return
+        try:
+            outcomes = self.process(batch)
+        except Exception as err:  # never lose the worker; answer the batch truthfully
+            _LOG.exception("batch failed")
+            with self.model_lock:
+                committed = self._committed_keys()
+                outcomes = {}
+                for row in batch:
+                    seq = committed.get(row.request_key)
+                    outcomes[row.request_key] = (
+                        (DONE, seq, 200, None, self._result_of(seq)) if seq is not None
+                        else (FAILED, None, 500, f"internal error: {err}", None))
+            self.queue.finish(outcomes)
+        if self.on_finished is not None:
+            self.on_finished(list(outcomes))
 
     def _next_batch(self) -> list[QueuedRequest]:
         first = self.queue.oldest_queued()
