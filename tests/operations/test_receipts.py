@@ -63,6 +63,17 @@ def test_receipt_holds_the_request_and_verifies_offline(signed):
     assert expunge.verify_receipt(json.dumps(receipt).encode(), key)
 
 
+def test_the_public_key_may_be_a_file(signed, tmp_path):
+    from pathlib import Path
+
+    _, report, key = signed
+    (tmp_path / "k.pem").write_bytes(key)
+    assert expunge.verify_receipt(report.receipt, tmp_path / "k.pem")
+    assert expunge.verify_receipt(report.receipt, str(tmp_path / "k.pem"))
+    with pytest.raises(InvalidParameterError, match="Cannot read"):
+        expunge.verify_receipt(report.receipt, Path(tmp_path / "missing.pem"))
+
+
 def test_every_single_field_edit_fails(signed):
     _, report, key = signed
     receipt = report.receipt

@@ -114,7 +114,11 @@ def sign(fields: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
 
 
 def load_public_key(public_key: bytes | str | Path) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM bytes/text, or from a PEM file given as a ``Path``."""
+    """An Ed25519 public key from PEM bytes/text, or from a PEM file (a ``Path``, or a
+    ``str`` that is a file's path rather than PEM text)."""
+    if isinstance(public_key, str) and "-----BEGIN" not in public_key \
+            and Path(public_key).is_file():
+        public_key = Path(public_key)
     if isinstance(public_key, Path):
         try:
             public_key = public_key.read_bytes()
@@ -140,7 +144,7 @@ def verify_receipt(receipt: dict[str, Any] | str | bytes, public_key: bytes | st
     """Whether ``receipt`` is a receipt signed by ``public_key``, unaltered.
 
     Needs nothing but its arguments (no store, no network). ``receipt`` is the dict (or its
-    JSON text); ``public_key`` the PEM bytes or text (``m.public_key``), or a ``Path`` to a
+    JSON text); ``public_key`` the PEM bytes or text (``m.public_key``), or the path of a
     PEM file. With ``subject`` and ``subject_nonce`` (returned to whoever asked for the
     subject's deletion), it also checks that the receipt concerns that subject.
 
