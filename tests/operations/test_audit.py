@@ -94,6 +94,22 @@ def test_optimizer_state_ids_and_metadata_are_compared_too(what, small_digits, t
     assert report.passed is False and report.mismatches
 
 
+def test_a_request_that_skipped_retraining_fails_although_verify_passes(
+        small_digits, tmp_path, monkeypatch):
+    """Lazy "unlearning": a request that records new checkpoints without training them. The
+    digests and the ledger are consistent (verify passes); only the replay can tell."""
+    from expunge.strategies.exact.sharded import ShardedStrategy
+
+    m = make("sisa", store=tmp_path / "s").fit(small_digits)
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardedStrategy, "_train_block", lambda *args, **kwargs: None)
+        m.forget([int(small_digits.ids[7])])
+    assert m.verify() == 2
+    report = m.audit()
+    assert report.passed is False
+    assert any("differs from the replay" in line for line in report.mismatches)
+
+
 def test_a_model_trained_on_other_data_fails(small_digits, tmp_path):
     """A store whose checkpoints are those of another data set (e.g. one that never
     forgot a sample) fails, although each file is a genuine checkpoint."""
@@ -144,7 +160,12 @@ def test_cli_audit(small_digits, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "PASSED" in out and "2 of 3" in out
     m = expunge.open(store)
-    blob = checkpoints(m)[-1]
+    first, last = checkpoints(m)[0], checkpoints(m)[-1]  # block 0 of sub-model 0; the last
     m.close()
-    alter(layout.blob_path(tmp_path / "s", blob))
+    original = alter(layout.blob_path(tmp_path / "s", first))  # an intermediate checkpoint
     assert main(["audit", "--store", store, "--quiet"]) == 1
+    assert "audit FAILED" in capsys.readouterr().err
+    layout.blob_path(tmp_path / "s", first).write_bytes(original)
+    alter(layout.blob_path(tmp_path / "s", last))  # a final one: the store refuses to open
+    assert main(["audit", "--store", store, "--quiet"]) == 2
+    assert "does not match the digest" in capsys.readouterr().err

@@ -1,28 +1,22 @@
-"""The keys a store's operations need: the subject-hash secret and the receipt signing key.
+"""The Ed25519 key that signs a store's deletion receipts.
 
-Neither lives in the data files (``blobs/``, ``expunge.sqlite``):
+Default: ``STORE/keys/receipt-signing-key.pem`` (PKCS#8 PEM, mode 0600 in a 0700 folder,
+created on first use), outside the data files (``blobs/``, ``expunge.sqlite``); or the file
+given by ``set_signing_key(path)`` / ``expunge.open(path, signing_key=...)`` /
+``--signing-key``, or by ``EXPUNGE_SIGNING_KEY``. An operator who keeps it outside the
+store (a secrets mount) can hand the store to anyone without handing over the power to
+forge receipts. Key files given by the operator must not be readable by group or others
+(like ssh keys). An in-memory store (``store=None``) gets a fresh key that lives as long as
+the store.
 
-* **the subject secret** keys the HMAC that turns a subject key (an e-mail address, a user
-  id) into the hash a store keeps; whoever lacks it cannot confirm a guessed subject from
-  the data or the ledger. Default: ``STORE/keys/subject-secret`` (32 random bytes, mode
-  0600), or the file named by ``EXPUNGE_SUBJECT_SECRET``;
-* **the Ed25519 signing key** signs deletion receipts. Default:
-  ``STORE/keys/receipt-signing-key.pem`` (PKCS#8 PEM, mode 0600, created on first use), or
-  the file given by ``set_signing_key(path)`` / ``expunge.open(path, signing_key=...)`` /
-  ``--signing-key``, or by ``EXPUNGE_SIGNING_KEY``. An operator who keeps it outside the
-  store (a secrets mount) can hand the store to anyone without handing over the power to
-  forge receipts.
-
-An in-memory store (``store=None``) gets fresh random keys that live as long as the store.
-Key files given by the operator must not be readable by group or others (like ssh keys).
+(Subject hashes use the store's own secret, ``secret.key``, through
+:meth:`expunge.store.Store.keyed_digest`: see :mod:`expunge.operations.subjects`.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
-import secrets
 import stat
 import weakref
 from pathlib import Path
@@ -35,12 +29,8 @@ from expunge.store import DirectoryStore, Store
 from expunge.store._atomic import atomic_write
 
 KEYS_DIR = "keys"
-SUBJECT_SECRET_FILE = "subject-secret"
 SIGNING_KEY_FILE = "receipt-signing-key.pem"
 SIGNING_KEY_ENV = "EXPUNGE_SIGNING_KEY"
-SUBJECT_SECRET_ENV = "EXPUNGE_SUBJECT_SECRET"
-
-_SUBJECT_DOMAIN = b"expunge-subject\x1f"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -83,36 +73,12 @@ def _read_file(path: Path, what: str) -> bytes:
 
 
 class KeyRing:
-    """A store's subject secret and signing key, loaded lazily and cached."""
+    """A store's signing key, loaded lazily and cached."""
 
     def __init__(self, store: Store) -> None:
         self._root = Path(store.location) if isinstance(store, DirectoryStore) else None
-        self._secret: bytes | None = None
         self._signing: Ed25519PrivateKey | None = None
         self.signing_key_path: Path | None = None  # set by the operator; else env/default
-
-    # ------------------------------------------------------------ subjects
-    def secret(self) -> bytes:
-        """The HMAC key for subject hashes (created on first use)."""
-        if self._secret is None:
-            self._secret = self._load_secret()
-        return self._secret
-
-    def _load_secret(self) -> bytes:
-        override = os.environ.get(SUBJECT_SECRET_ENV)
-        if override:
-            return bytes.fromhex(_read_file(Path(override), "subject secret").decode().strip())
-        if self._root is None:
-            return secrets.token_bytes(32)
-        path = self._root / KEYS_DIR / SUBJECT_SECRET_FILE
-        if not path.exists():
-            _create_private(path, secrets.token_hex(32).encode())
-        return bytes.fromhex(_read_file(path, "subject secret").decode().strip())
-
-    def subject_hash(self, subject: str) -> str:
-        """HMAC-SHA256 of a (normalised) subject key under the store's secret, hex."""
-        return hmac.new(self.secret(), _SUBJECT_DOMAIN + subject.encode("utf-8"),
-                        hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------- signing
     def signing_key(self) -> Ed25519PrivateKey:

@@ -14,7 +14,10 @@ retained data can re-derive it. The audit does exactly that for the chosen sub-m
    on, metadata) is compared bit for bit with the store's.
 
 A store whose checkpoints were altered, or trained on data the ledger says was forgotten,
-or not derived from the retained data at all, fails. Auditing ``k`` of ``S`` sub-models
+or not derived from the retained data at all, fails. (A checkpoint whose bytes differ from
+the digest committed for it fails already when it is read; the replay also catches what
+digests cannot: checkpoints recorded honestly but computed wrongly, e.g. by a request
+that skipped retraining.) Auditing ``k`` of ``S`` sub-models
 drawn at random catches a single altered sub-model with probability ``k/S`` at ``k/S`` of
 the cost of a fit: a cheap probabilistic audit, repeatable from its recorded seed.
 
@@ -34,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from expunge._progress import Progress
-from expunge.exceptions import InvalidParameterError, StoreError
+from expunge.exceptions import InvalidParameterError, StoreError, StoreIntegrityError
 from expunge.operations._engine import (
     checkpoint_names,
     committed_keys,
@@ -192,7 +195,12 @@ def audit_strategy(strategy: UnlearningStrategy, submodels: str | int | Iterable
                     mismatches.append(f"sub-model {k} block {block}: checkpoint {name} is "
                                       "missing from the store")
                     continue
-                problems = _compare(k, block, name, scratch.read_blob(name), store.read_blob(name))
+                try:
+                    stored = store.read_blob(name)
+                except StoreIntegrityError as err:  # not even the bytes the commit recorded
+                    mismatches.append(f"sub-model {k} block {block}: {err}")
+                    continue
+                problems = _compare(k, block, name, scratch.read_blob(name), stored)
                 mismatches.extend(problems)
                 matched += not problems
     if strategy.ledger.head != head:

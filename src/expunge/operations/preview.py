@@ -116,8 +116,8 @@ def preview_forget(strategy: UnlearningStrategy, request: np.ndarray) -> ForgetP
     store = strategy.store_
     kept = ~np.isin(strategy.data_.ids, request)
     retained = strategy.data_.where(kept)
-    manifest = store.read_manifest() or {}
-    original = manifest.get("dataset", {}).get("fingerprint", "")
+    strategy._check_retained(retained)  # what forget refuses, the preview refuses
+    original = strategy._data_key(store)
     new_data = set(training_data_blobs(retained.ids, original))
     current = store.list_blobs()
     entries = strategy.ledger.entries()

@@ -30,6 +30,7 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -184,28 +185,44 @@ def verify_receipt(receipt: dict[str, Any] | str | bytes, public_key: bytes | st
 
 
 class ReceiptBook:
-    """Issued receipts, kept in the store's database (table ``receipts``) by ledger ``seq``."""
+    """Issued receipts, kept in the store's database (table ``receipts``) by ledger ``seq``.
+
+    Stored after the request's commit, under the same write lock; a receipt that could not
+    be stored (a crash in between, a read-only store) is issued again, identical, on demand.
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._db: sqlite3.Connection = store._db
-        self._db.executescript(_SCHEMA)
 
     def get(self, seq: int) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT receipt FROM receipts WHERE seq = ?", (seq,)).fetchone()
+        try:
+            row = self._db.execute("SELECT receipt FROM receipts WHERE seq = ?",
+                                   (seq,)).fetchone()
+        except sqlite3.OperationalError:  # no receipt was ever stored in this store
+            return None
         return None if row is None else dict(json.loads(row[0]))
 
-    def put(self, receipt: dict[str, Any]) -> None:
-        self._db.execute("INSERT OR REPLACE INTO receipts (seq, key_id, receipt) VALUES (?, ?, ?)",
-                         (int(receipt["seq"]), str(receipt["key_id"]), json.dumps(receipt)))
+    def put(self, receipt: dict[str, Any]) -> bool:
+        """Keep ``receipt``; whether it could be (a read-only store cannot)."""
+        try:
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR REPLACE INTO receipts (seq, key_id, receipt) VALUES (?, ?, ?)",
+                (int(receipt["seq"]), str(receipt["key_id"]), json.dumps(receipt)))
+        except sqlite3.Error as err:
+            warnings.warn(f"The receipt of request #{receipt['seq']} was issued but could not "
+                          f"be stored ({err}); it is issued again, identical, when asked for.",
+                          stacklevel=3)
+            return False
+        return True
 
     def store_id(self) -> str:
         """The hash of the store's first ledger entry (its fit): unique and never changes."""
         return self._store.ledger[1].hash
 
     def issue(self, entry: LedgerEntry, key: Ed25519PrivateKey) -> dict[str, Any]:
-        """Sign the receipt of ``entry`` and keep it (a crash before ``put`` loses nothing:
-        the same receipt is issued again by :meth:`receipt`)."""
+        """Sign the receipt of ``entry`` and keep it."""
         receipt = sign(receipt_fields(entry, self.store_id(), key_id(key.public_key())), key)
         self.put(receipt)
         return receipt

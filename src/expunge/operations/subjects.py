@@ -2,12 +2,14 @@
 
 A request "delete everything about me" names a *subject* (a user id, an e-mail address),
 not sample ids. ``IndexedDataset(..., subjects=keys)`` gives each sample its subject;
-``fit`` stores, per sample, ``HMAC-SHA256(store secret, key)`` next to the sample's row
-(never the key), and ``forget_subject(key)`` hashes the key again and forgets every
-retained sample with that hash, as one request whose ledger entry records the hash.
+``fit`` stores, per sample, the store's keyed digest of the key (HMAC-SHA256 under the
+store's secret, purpose ``"subject"``; see :class:`expunge.store.StoreKey`) next to the
+sample's row, never the key, and ``forget_subject(key)`` hashes the key again and forgets
+every retained sample with that hash, as one request whose ledger entry records the hash.
 
-Whoever holds the store's secret can check which subject a ledger entry concerns (hash
-the candidate key); whoever does not cannot, even by guessing keys. The person who asked
+Whoever holds the store's secret (``secret.key``) can check which subject a ledger entry
+concerns (hash the candidate key); whoever does not (an auditor given the manifest and the
+ledger) cannot, even by guessing keys. The person who asked
 gets a nonce: with it, ``verify_receipt(..., subject=key, subject_nonce=nonce)`` shows the
 receipt is about them, without the secret (see :mod:`expunge.operations.receipts`).
 """
@@ -18,8 +20,11 @@ import numpy as np
 
 from expunge.data._dataset import as_subject_array
 from expunge.exceptions import DatasetError, InvalidRequestError
-from expunge.operations._keys import KeyRing
+from expunge.store import Store
 from expunge.strategies._stored_data import SUBJECT_HASH_BYTES
+
+#: the purpose of subject digests under the store's key (never reused for anything else)
+SUBJECT_PURPOSE = "subject"
 
 #: the hash row of a sample without subject
 NO_SUBJECT = bytes(SUBJECT_HASH_BYTES)
@@ -40,7 +45,12 @@ def normalise_subject(subject: object) -> str:
     )
 
 
-def hash_subjects(subjects: np.ndarray, ring: KeyRing) -> np.ndarray:
+def subject_digest(store: Store, subject: str) -> str:
+    """The keyed hash (hex) of one normalised subject key under ``store``'s secret."""
+    return store.keyed_digest(SUBJECT_PURPOSE, subject.encode("utf-8"))
+
+
+def hash_subjects(subjects: np.ndarray, store: Store) -> np.ndarray:
     """``uint8 (n, 32)``: the keyed hash of each sample's subject (zeros for ``None``)."""
     out = np.zeros((len(subjects), SUBJECT_HASH_BYTES), dtype=np.uint8)
     cache: dict[str, bytes] = {}
@@ -49,7 +59,7 @@ def hash_subjects(subjects: np.ndarray, ring: KeyRing) -> np.ndarray:
             continue
         digest = cache.get(key)
         if digest is None:
-            digest = cache[key] = bytes.fromhex(ring.subject_hash(key))
+            digest = cache[key] = bytes.fromhex(subject_digest(store, key))
         out[row] = np.frombuffer(digest, dtype=np.uint8)
     return out
 

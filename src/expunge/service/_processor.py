@@ -30,6 +30,7 @@ from expunge.exceptions import (
     ExpungeError,
     InvalidParameterError,
     InvalidRequestError,
+    StoreLockedError,
     UnknownSampleError,
     UnknownSubjectError,
 )
@@ -49,7 +50,7 @@ def http_status(error: BaseException) -> int:
         return 404
     if isinstance(error, (InvalidRequestError, UnknownSampleError, InvalidParameterError)):
         return 422
-    if type(error).__name__ == "StoreLockedError":
+    if isinstance(error, StoreLockedError):
         return 503
     return 500
 
@@ -113,11 +114,9 @@ class Processor:
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
-        locked = getattr(self.strategy, "locked", None)
-        if locked is None:  # a store without inter-process locks (before format 2)
-            yield
-            return
-        with locked(timeout=self.lock_timeout):
+        """The store's inter-process write lock for one batch; the handle first reloads what
+        other processes committed (``UnlearningStrategy.locked``)."""
+        with self.strategy.locked(timeout=self.lock_timeout):
             yield
 
     def recover(self) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.table import Table
 
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
                       f"{report.detection_probability:.0%}")
         table.add_row("ledger head", report.ledger_head[:16])
         out.print(table)
+    if report.passed is False:  # a failed audit is said even with --quiet
+        print(f"expunge: audit FAILED: {len(report.mismatches)} mismatch(es)", file=sys.stderr)
         for line in report.mismatches[:20]:
-            out.print(f"[red]mismatch[/]: {line}")
+            print(f"  mismatch: {line}", file=sys.stderr)
     return 0 if report.passed in (True, None) else 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.table import Table
 
 import expunge
-from expunge.cli._common import console, parse_ids
+from expunge.cli._common import add_timeout_flag, console, parse_ids
 from expunge.exceptions import InvalidRequestError
 
 NAME = "forget"
@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="forget every retained sample of this subject key (a user id, an "
                              "e-mail address), as given in IndexedDataset(..., subjects=...)")
     parser.add_argument("--tag", default=None, help="free text stored with the ledger entry")
+    add_timeout_flag(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="preview the request (sub-models and blocks retrained, "
                              "sample-passes, estimated seconds, what would be purged); "
@@ -79,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
                 out.print(_preview_table(preview))
             return 0
         if subject is not None:
-            report = strategy.forget_subject(subject, tag=args.tag)
+            report = strategy.forget_subject(subject, tag=args.tag, timeout=args.timeout)
         else:
-            report = strategy.forget(ids, tag=args.tag)  # type: ignore[arg-type]
+            report = strategy.forget(ids, tag=args.tag,  # type: ignore[arg-type]
+                                     timeout=args.timeout)
     finally:
         strategy.close()
     if args.receipt_out:

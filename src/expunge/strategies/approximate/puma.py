@@ -458,6 +458,9 @@ class PUMA(UnlearningStrategy):
 
     name = "puma"
     guarantee = "approximate"
+    #: act only when a request is computed (the fit and its cache do not depend on them):
+    #: expunge.open may change them; each forget records the values it used
+    _request_params = frozenset({"eta", "sparsity", "pgd_steps", "refresh"})
     summary = ("approximate: influence patch with re-weighting that keeps a validation "
                "criterion unchanged (PUMA)")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
