@@ -45,11 +45,14 @@ def public_pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def _check_private_mode(path: Path, what: str) -> None:
+    """Refuse a key file that others (not the owner, not the group) may access: the group
+    may be the team that runs the store; everybody else may not."""
     mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & stat.S_IRWXO:
         raise InvalidParameterError(
-            f"The {what} {str(path)!r} is readable by group or others (mode "
-            f"{stat.S_IMODE(mode):04o}); it must be private: chmod 600 {str(path)!r}."
+            f"The {what} {str(path)!r} is accessible to others (mode "
+            f"{stat.S_IMODE(mode):04o}); it must be private: chmod 600 {str(path)!r} (or 640 "
+            "for a team that shares the store through a group)."
         )
 
 
@@ -69,7 +72,11 @@ def _read_file(path: Path, what: str) -> bytes:
         _check_private_mode(path, what)
         return path.read_bytes()
     except OSError as err:
-        raise StoreError(f"Cannot read the {what} {str(path)!r}: {err.strerror}.") from err
+        raise StoreError(
+            f"Cannot read the {what} {str(path)!r}: {err.strerror}. Each process that writes "
+            "to the store signs receipts: give it a key it can read (--signing-key, "
+            "EXPUNGE_SIGNING_KEY), e.g. one file of mode 640 for a group that shares the store."
+        ) from err
 
 
 class KeyRing:

@@ -15,7 +15,8 @@ MIN_TOKEN_LENGTH = 16
 def read_tokens(path: str | Path) -> list[bytes]:
     """The tokens in ``path``: one per line; blank lines and ``#`` comments are skipped.
 
-    The file must not be readable by group or others (like an ssh key), and every token
+    The file must not be accessible to others (mode 600, or 640 for a service group), and
+    every token
     must have at least :data:`MIN_TOKEN_LENGTH` characters. Generate one with
     ``python -c "import secrets; print(secrets.token_urlsafe(32))"``.
     """
@@ -26,10 +27,10 @@ def read_tokens(path: str | Path) -> list[bytes]:
     except OSError as err:
         raise InvalidParameterError(
             f"Cannot read --token-file {str(file)!r}: {err.strerror}.") from err
-    if mode & 0o077:
+    if mode & 0o007:
         raise InvalidParameterError(
-            f"--token-file {str(file)!r} is readable by group or others (mode {mode:04o}); "
-            f"make it private: chmod 600 {str(file)!r}.")
+            f"--token-file {str(file)!r} is accessible to others (mode {mode:04o}); make it "
+            f"private: chmod 600 {str(file)!r}.")
     tokens = [line.strip() for line in text.splitlines()
               if line.strip() and not line.strip().startswith("#")]
     if not tokens:
