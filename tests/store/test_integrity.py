@@ -273,3 +273,39 @@ def test_memory_store_detects_a_mutated_checkpoint(small_digits):
     next(t for t in tensors.values() if t.is_floating_point()).add_(1.0)
     with pytest.raises(StoreIntegrityError, match=name):
         strategy.verify()
+
+
+def test_process_workers_never_train_from_a_changed_checkpoint(fitted):
+    """Workers cannot check digests (no key): the caller checks the checkpoints every chain
+    resumes from before any job runs."""
+    path, strategy = fitted
+    strategy.close()
+    reopened = expunge.open(path, executor="process", n_jobs=2)
+    plans = reopened._plans(reopened.training_data)
+    targets = [int(plan.blocks[1][0]) for plan in plans]  # block 1 of both shards
+    changed = blobs(path, "ckpt/sub-001/block-000-")[0]
+    flip_byte(blob_path(path, changed))
+    before = (reopened.fingerprint(), reopened.ledger.head)
+    with pytest.raises(StoreIntegrityError, match=f"{changed}.*does not match"):
+        reopened.forget(targets)
+    assert (reopened.fingerprint(), reopened.ledger.head) == before
+    reopened.close()
+
+
+def test_worker_stores_only_read_and_write_blobs(fitted):
+    from expunge.executors import WorkerDirectoryStore, WorkerMemoryStore, manifest_digest_of
+
+    path, strategy = fitted
+    worker = WorkerDirectoryStore(path, manifest_digest_of(strategy.store_.read_manifest()))
+    name = blobs(path, "ckpt/")[0]
+    tensors, metadata = worker.read_blob(name)
+    worker.write_blob("ckpt/sub-009/block-000-new", tensors, metadata)
+    assert worker.has_blob("ckpt/sub-009/block-000-new")
+    memory = WorkerMemoryStore({name: (tensors, metadata)})
+    for store in (worker, memory):
+        for call in (store.writing, store.snapshot, store.recover, store.try_recover,
+                     store.read_state, store.ensure_key, lambda s=store: s.delete_blob(name),
+                     lambda s=store: s.collect_garbage(set()),
+                     lambda s=store: s.commit({}, {}, live=set(), expected=None)):
+            with pytest.raises(StoreError, match="workers never"):
+                call()

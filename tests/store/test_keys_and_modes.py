@@ -45,7 +45,7 @@ def test_the_manifest_cannot_confirm_a_guessed_dataset(small_digits, tmp_path):
     strategy.close()
 
 
-@pytest.mark.parametrize("umask", [0o007, 0o077, 0o022])
+@pytest.mark.parametrize("umask", [0o007, 0o077, 0o022], ids=["007", "077", "022"])
 def test_files_respect_the_umask(small_digits, tmp_path, umask):
     old = os.umask(umask)
     try:
