@@ -305,4 +305,8 @@ def test_calibration_finds_the_damping_where_the_prediction_meets_the_target():
     low = calibrate_damping(curve, target=1.5, base=1e-4)  # type: ignore[arg-type]
     assert low.status == "floor" and low.damping == 0.0
     none = calibrate_damping(curve, target=0.05, base=1e-4)  # type: ignore[arg-type]
-    assert none.status == "no_gap"  # below the training loss: nothing to match
+    # below the training loss: nothing to match, the objective's own damping is kept
+    assert none.status == "no_gap" and none.damping == 0.0
+    curve.loss = lambda damping: 0.5 + 1.0 / (1.0 + damping)  # type: ignore[method-assign]
+    ceiling = calibrate_damping(curve, target=0.4, base=1e-4)  # type: ignore[arg-type]
+    assert ceiling.status == "ceiling" and ceiling.damping == pytest.approx(1e-4 * 1e6)

@@ -41,6 +41,7 @@ from expunge.strategies.approximate.curvature._kfac import (
     LayerEigen,
     capture_layers,
     kfac_factors,
+    kfac_factors_and_gradient,
     kfac_layers,
     output_hessian_roots,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "ggn_vp",
     "hvp",
     "kfac_factors",
+    "kfac_factors_and_gradient",
     "kfac_layers",
     "lissa",
     "output_hessian_roots",

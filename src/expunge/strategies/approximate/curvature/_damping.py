@@ -63,8 +63,9 @@ class DampingCalibration:
         predicted: the predicted mean leave-one-out loss at ``damping``.
         status: ``"matched"``; ``"floor"`` when even ``gamma = 0`` predicts less than the
             target (K-FAC's steps are already short: no damping beyond ``base``);
-            ``"no_gap"`` when the held-out loss is not above the probes' training loss (no
-            leave-one-out effect to calibrate against: the largest damping, small steps);
+            ``"no_gap"`` when the held-out loss is not above the probes' training loss: the
+            data shows no leave-one-out effect to calibrate against, so no damping is
+            added beyond ``base`` (the objective's own curvature is trusted);
             ``"ceiling"`` when there is a gap but the largest damping tried still predicts
             more (the curvature is badly approximated).
         curve: ``(gamma, predicted loss)`` at every trial, in order.
@@ -105,7 +106,7 @@ class LeaveOneOutPredictor:
         self.curv, self.inverse, self.n = curv, inverse, int(n)
         self.rows = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
         self.mean_gradient = mean_gradient
-        z, inputs, outputs = capture_layers(curv, layers, self.rows, curv.theta)
+        z, inputs, outputs, _ = capture_layers(curv, layers, self.rows, curv.theta)
         y = curv.y[self.rows]
         # per-sample loss derivatives at every layer output (one backward of the summed CE)
         deltas = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), outputs,
@@ -188,9 +189,10 @@ def calibrate_damping(predictor: LeaveOneOutPredictor, target: float, *, base: f
     values = [trial(g) for g in gammas]
     if values[0] <= target:
         chosen, status = gammas[0], "floor"
+    elif target <= predictor.train_loss:
+        chosen, status = gammas[0], "no_gap"
     elif values[-1] > target:
-        chosen = gammas[-1]
-        status = "no_gap" if target <= predictor.train_loss else "ceiling"
+        chosen, status = gammas[-1], "ceiling"
     else:
         k = next(i for i, v in enumerate(values) if v <= target)
         high, low = gammas[k], max(gammas[k - 1], floor, 1e-4 * gammas[k])

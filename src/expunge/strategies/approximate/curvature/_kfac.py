@@ -179,12 +179,13 @@ class KFACFactors:
 
 def capture_layers(curv: LossCurvature, layers: Sequence[KFACLayer], rows: torch.Tensor,
                    theta: torch.Tensor
-                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+                   ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """One forward pass on ``rows`` that keeps every covered layer's input and output.
 
-    Returns ``(logits, inputs, outputs)``; the outputs are part of the autograd graph of the
-    logits (so derivatives with respect to them are one ``torch.autograd.grad`` away) and
-    the inputs are detached. Cost: one forward pass.
+    Returns ``(logits, inputs, outputs, theta)``: the outputs are part of the autograd graph
+    of the logits (derivatives with respect to them are one ``torch.autograd.grad`` away),
+    the inputs are detached, and ``theta`` is the leaf the graph starts from (for parameter
+    gradients from the same pass). Cost: one forward pass.
     """
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = [lay.module.register_forward_hook(
@@ -199,7 +200,7 @@ def capture_layers(curv: LossCurvature, layers: Sequence[KFACLayer], rows: torch
             handle.remove()
     inputs = [captured[k][0].detach() for k in range(len(layers))]
     outputs = [captured[k][1] for k in range(len(layers))]
-    return z, inputs, outputs
+    return z, inputs, outputs, at
 
 
 def output_hessian_roots(z: torch.Tensor) -> torch.Tensor:
@@ -224,35 +225,51 @@ def kfac_factors(curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: to
     classes), plus ``O(rows * T * (in^2 + out^2))`` for the outer products; the fallback adds
     per-sample Jacobians of the uncovered parameters.
     """
+    return kfac_factors_and_gradient(curv, layers, uncovered, rows, weights, theta=theta,
+                                     gradient=False, progress=progress, task=task)[0]
+
+
+def kfac_factors_and_gradient(
+    curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: torch.Tensor,
+    rows: torch.Tensor | np.ndarray, weights: torch.Tensor | np.ndarray | float | None = None,
+    *, theta: torch.Tensor | None = None, gradient: bool = True,
+    progress: Progress = NO_PROGRESS, task: int | None = None,
+) -> tuple[KFACFactors, torch.Tensor | None]:
+    """:func:`kfac_factors` and, from the same forward pass, ``sum_i w_i grad CE_i``
+    (one more backward pass instead of a separate gradient pass)."""
     theta = curv.theta if theta is None else theta
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
     if weights is None:
         weights = torch.ones(rows_t.shape[0], dtype=curv.dtype)
     factors = KFACFactors.zeros(layers, int(uncovered.sum()), curv.dtype)
+    grad_sum = torch.zeros_like(theta) if gradient else None
     total = 0.0
     for chunk, wc in curv.rows_chunks(rows_t, weights):
         total += float(wc.sum())
-        if layers:
-            z, inputs, outputs = capture_layers(curv, layers, chunk, theta)
+        z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
+        for k, lay in enumerate(layers):
+            a = lay.inputs(inputs[k])  # (B, T, in)
+            flat = a.reshape(-1, a.shape[2])
+            w_rows = wc.repeat_interleave(a.shape[1])
+            factors.A[k] += (flat * w_rows[:, None]).T @ flat
+        roots = output_hessian_roots(z)
+        n_roots = roots.shape[0] if layers else 0
+        for c in range(n_roots):
+            grads = torch.autograd.grad(z, outputs, grad_outputs=roots[c],
+                                        retain_graph=gradient or c + 1 < n_roots)
             for k, lay in enumerate(layers):
-                a = lay.inputs(inputs[k])  # (B, T, in)
-                flat = a.reshape(-1, a.shape[2])
-                w_rows = wc.repeat_interleave(a.shape[1])
-                factors.A[k] += (flat * w_rows[:, None]).T @ flat
-            roots = output_hessian_roots(z)
-            for c in range(roots.shape[0]):
-                grads = torch.autograd.grad(z, outputs, grad_outputs=roots[c],
-                                            retain_graph=c + 1 < roots.shape[0])
-                for k, lay in enumerate(layers):
-                    g = lay.outputs(grads[k].detach())  # (B, T, out)
-                    flat = g.reshape(-1, g.shape[2])
-                    w_rows = (wc / g.shape[1]).repeat_interleave(g.shape[1])
-                    factors.G[k] += (flat * w_rows[:, None]).T @ flat
+                g = lay.outputs(grads[k].detach())  # (B, T, out)
+                flat = g.reshape(-1, g.shape[2])
+                w_rows = (wc / g.shape[1]).repeat_interleave(g.shape[1])
+                factors.G[k] += (flat * w_rows[:, None]).T @ flat
+        if grad_sum is not None:
+            loss = (wc * F.cross_entropy(z, curv.y[chunk], reduction="none")).sum()
+            grad_sum += torch.autograd.grad(loss, at)[0]
         if bool(uncovered.any()):
             factors.diagonal += diagonal_ggn(curv, chunk, wc, theta=theta)[uncovered]
         progress.advance(task, int(chunk.shape[0]))
     factors.weight = total
-    return factors
+    return factors, grad_sum
 
 
 # ============================================================================= inverse

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad_and_value, jacrev, jvp, vjp, vmap
 
 from expunge.exceptions import InvalidParameterError, UnsupportedModelError
 from expunge.strategies.approximate.curvature._common import FlatLayout
@@ -241,22 +241,29 @@ class LossCurvature:
         over its support only. ``weights=None`` means ``1/len(rows)`` (a mean).
         """
         theta = self.theta if theta is None else theta
-        rows_t, w = self._prepare(rows, weights)
-        keep = w != 0
-        rows_t, w = rows_t[keep], w[keep]
-        total = torch.zeros_like(theta)
-        for chunk, wc in self._chunks(rows_t, w):
-            assert wc is not None
+        total, _, weight = self.gradient_and_loss(rows, weights, theta=theta)
+        if regularizer:
+            total = total + weight * self.weight_decay * theta
+        return total
 
+    def gradient_and_loss(self, rows: torch.Tensor | np.ndarray,
+                          weights: torch.Tensor | np.ndarray | float | None = None, *,
+                          theta: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, float, float]:
+        """``(sum_i w_i grad CE_i, sum_i w_i CE_i, sum_i w_i)`` in one backward pass per chunk
+        (no regulariser; ``weights=None``: ``1/len(rows)``)."""
+        theta = self.theta if theta is None else theta
+        total = torch.zeros_like(theta)
+        value, weight = 0.0, 0.0
+        for chunk, wc in self.rows_chunks(rows, weights):
             def weighted(t: torch.Tensor, chunk: torch.Tensor = chunk,
                          wc: torch.Tensor = wc) -> torch.Tensor:
                 ce = F.cross_entropy(self._logits(t, chunk), self.y[chunk], reduction="none")
                 return (wc * ce).sum()
 
-            total = total + grad(weighted)(theta)
-        if regularizer:
-            total = total + float(w.sum()) * self.weight_decay * theta
-        return total
+            g, v = grad_and_value(weighted)(theta)
+            total, value, weight = total + g, value + float(v), weight + float(wc.sum())
+        return total, value, weight
 
     def matvec(self, v: torch.Tensor, rows: torch.Tensor | np.ndarray,
                weights: torch.Tensor | np.ndarray | float | None = None, *,

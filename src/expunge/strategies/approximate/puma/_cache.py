@@ -40,7 +40,7 @@ from expunge.strategies.approximate.curvature import (
     KFACInverse,
     KFACLayer,
     LossCurvature,
-    kfac_factors,
+    kfac_factors_and_gradient,
 )
 from expunge.strategies.base import CACHE_PREFIX
 
@@ -138,22 +138,21 @@ def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
     one forward and ``K`` backward passes over its sample rows.
     """
     n_sample = len(rows.sample)
-    grad_sum = (curv.gradient(rows.sample, 1.0, regularizer=False) if n_sample
-                else torch.zeros(curv.size, dtype=curv.dtype))
     kfac = None
-    if layers is not None:
-        kfac = kfac_factors(curv, layers, uncovered, rows.sample, progress=progress, task=task)
+    if layers is not None:  # the K-FAC pass also gives the gradient sum (one more backward)
+        kfac, gradient = kfac_factors_and_gradient(curv, layers, uncovered, rows.sample,
+                                                   progress=progress, task=task)
+        assert gradient is not None
+        grad_sum = gradient
     else:
+        grad_sum = curv.gradient_and_loss(rows.sample, 1.0)[0]
         progress.advance(task, n_sample)
     counts, losses, grads = [], [], []
     for crit_rows in rows.criteria:
-        counts.append(float(len(crit_rows)))
-        if len(crit_rows):
-            losses.append(float(curv.losses(crit_rows).sum()))
-            grads.append(curv.gradient(crit_rows, 1.0, regularizer=False))
-        else:
-            losses.append(0.0)
-            grads.append(torch.zeros(curv.size, dtype=curv.dtype))
+        gradient, loss, count = curv.gradient_and_loss(crit_rows, 1.0)
+        counts.append(count)
+        losses.append(loss)
+        grads.append(gradient)
         progress.advance(task, len(crit_rows))
     return BucketStats(bucket, generation, key, n_sample, grad_sum, kfac,
                        torch.tensor(counts, dtype=curv.dtype),

@@ -67,7 +67,7 @@ class NaiveInfluence(PUMA):
         patch_hessian: str = "reweighted",
         newton_steps: int = 1,
         class_newton_steps: int = 5,
-        refresh_after: float | None = 0.05,
+        refresh_after: float | None = 0.1,
         dtype: str = "auto",
         store: str | Path | None = None,
         show_progress: bool = False,
