@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.functional import jacobian
 from torch.func import jvp
@@ -60,9 +59,9 @@ def _explicit_factors(curv, rows):
     A = [torch.zeros(lay.in_dim, lay.in_dim, dtype=DT) for lay in layers]
     G = [torch.zeros(lay.out_dim, lay.out_dim, dtype=DT) for lay in layers]
     for i in rows:
-        captured = {}
+        captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         handles = [lay.module.register_forward_hook(
-            lambda m, inp, out, k=k: captured.__setitem__(k, (inp[0], out)))
+            lambda m, inp, out, k=k, store=captured: store.__setitem__(k, (inp[0], out)))
             for k, lay in enumerate(layers)]
         theta = curv.theta.clone().requires_grad_(True)
         z = curv.logits(np.array([i]), theta)

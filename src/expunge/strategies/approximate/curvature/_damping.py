@@ -39,6 +39,7 @@ from expunge.strategies.approximate.curvature._kfac import (
     KFACInverse,
     KFACLayer,
     capture_layers,
+    output_derivatives,
 )
 from expunge.strategies.approximate.curvature._operator import LossCurvature
 
@@ -111,20 +112,15 @@ class LeaveOneOutPredictor:
         # per-sample loss derivatives at every layer output (one backward of the summed CE)
         deltas = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), outputs,
                                      retain_graph=True)
-        n_classes = z.shape[1]
-        jac: list[list[torch.Tensor]] = [[] for _ in layers]
-        for c in range(n_classes):  # logit Jacobians with respect to every layer output
-            unit = torch.zeros_like(z)
-            unit[:, c] = 1.0
-            grads = torch.autograd.grad(z, outputs, grad_outputs=unit,
-                                        retain_graph=c + 1 < n_classes)
-            for k, lay in enumerate(layers):
-                jac[k].append(lay.outputs(grads[k].detach()))
+        # logit Jacobians with respect to every layer output: K unit cotangents, one pass
+        units = torch.eye(z.shape[1], dtype=z.dtype)[:, None, :].expand(-1, z.shape[0], -1)
+        jac = output_derivatives(z, outputs, units.contiguous(), keep_graph=False)
         self.parts = []
         for k, (lay, eig) in enumerate(zip(layers, inverse.eigen, strict=True)):
             a_rot = lay.inputs(inputs[k]) @ eig.u_a  # (P, T, in)
             d_rot = lay.outputs(deltas[k].detach()) @ eig.u_g  # (P, T, out)
-            J = torch.stack(jac[k], dim=1)  # (P, K, T, out)
+            per_class = lay.outputs(jac[k].flatten(0, 1))  # (K P, T, out)
+            J = per_class.unflatten(0, (jac[k].shape[0], -1)).transpose(0, 1)  # (P, K, T, out)
             g_rot = eig.u_g.T @ lay.matrix(mean_gradient) @ eig.u_a  # g_bar, rotated
             self.parts.append((eig, a_rot, d_rot, J, g_rot))
         self.z, self.y = z.detach(), y

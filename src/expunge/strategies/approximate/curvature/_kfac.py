@@ -29,7 +29,6 @@ Kronecker model and for any ``delta`` without refactoring.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +72,7 @@ class KFACLayer:
         """The layer's input as ``(batch, positions, in_dim)`` (with the bias column)."""
         m = self.module
         if isinstance(m, nn.Conv2d):
+            assert not isinstance(m.padding, str)  # string padding is not covered
             patches = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding,
                                stride=m.stride)  # (B, C*kh*kw, L)
             a = patches.transpose(1, 2)
@@ -212,6 +212,40 @@ def output_hessian_roots(z: torch.Tensor) -> torch.Tensor:
     return p.T.sqrt()[:, :, None] * (eye[:, None, :] - p[None, :, :])
 
 
+#: floats the K stacked output derivatives of one pass may take (bounds a chunk's rows)
+PASS_FLOATS = 16_000_000
+
+
+def _rows_per_pass(curv: LossCurvature, layers: Sequence[KFACLayer], probe: torch.Tensor,
+                   theta: torch.Tensor) -> int:
+    """Rows per K-FAC pass: the K stacked derivatives of the largest layer output fit in
+    :data:`PASS_FLOATS` (measured on one row; at most the operator's chunk size)."""
+    if not layers:
+        return curv.chunk_size
+    with torch.no_grad():
+        _, _, outputs, _ = capture_layers(curv, layers, probe, theta.detach())
+        n_classes = curv.logits(probe, theta.detach()).shape[1]
+    widest = max(int(o[0].numel()) for o in outputs)
+    return max(1, min(curv.chunk_size, PASS_FLOATS // max(n_classes * widest, 1)))
+
+
+def output_derivatives(z: torch.Tensor, outputs: Sequence[torch.Tensor],
+                       cotangents: torch.Tensor, *, keep_graph: bool
+                       ) -> tuple[torch.Tensor, ...]:
+    """Derivatives of ``cotangents[c]^T z`` with respect to every output, for all ``c`` at
+    once: a tuple of ``(C, *output.shape)``. One batched backward pass (``vmap`` over the
+    cotangents), or a loop where an operation cannot be batched."""
+    try:
+        grads = torch.autograd.grad(z, list(outputs), grad_outputs=cotangents,
+                                    retain_graph=True if keep_graph else None,
+                                    is_grads_batched=True)
+        return tuple(g.detach() for g in grads)
+    except RuntimeError:
+        parts = [torch.autograd.grad(z, list(outputs), grad_outputs=c, retain_graph=True)
+                 for c in cotangents]
+        return tuple(torch.stack([p[k].detach() for p in parts]) for k in range(len(outputs)))
+
+
 def kfac_factors(curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: torch.Tensor,
                  rows: torch.Tensor | np.ndarray,
                  weights: torch.Tensor | np.ndarray | float | None = None, *,
@@ -244,30 +278,32 @@ def kfac_factors_and_gradient(
     factors = KFACFactors.zeros(layers, int(uncovered.sum()), curv.dtype)
     grad_sum = torch.zeros_like(theta) if gradient else None
     total = 0.0
-    for chunk, wc in curv.rows_chunks(rows_t, weights):
-        total += float(wc.sum())
-        z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
-        for k, lay in enumerate(layers):
-            a = lay.inputs(inputs[k])  # (B, T, in)
-            flat = a.reshape(-1, a.shape[2])
-            w_rows = wc.repeat_interleave(a.shape[1])
-            factors.A[k] += (flat * w_rows[:, None]).T @ flat
-        roots = output_hessian_roots(z)
-        n_roots = roots.shape[0] if layers else 0
-        for c in range(n_roots):
-            grads = torch.autograd.grad(z, outputs, grad_outputs=roots[c],
-                                        retain_graph=gradient or c + 1 < n_roots)
+    for big, big_w in curv.rows_chunks(rows_t, weights):
+        # the K backward passes run as one batched pass (K cotangents at once): a chunk of
+        # rows is cut so that the K copies of the largest layer output stay near 16M floats
+        step = _rows_per_pass(curv, layers, big[:1], theta)
+        for start in range(0, big.shape[0], step):
+            chunk, wc = big[start:start + step], big_w[start:start + step]
+            total += float(wc.sum())
+            z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
             for k, lay in enumerate(layers):
-                g = lay.outputs(grads[k].detach())  # (B, T, out)
-                flat = g.reshape(-1, g.shape[2])
-                w_rows = (wc / g.shape[1]).repeat_interleave(g.shape[1])
-                factors.G[k] += (flat * w_rows[:, None]).T @ flat
-        if grad_sum is not None:
-            loss = (wc * F.cross_entropy(z, curv.y[chunk], reduction="none")).sum()
-            grad_sum += torch.autograd.grad(loss, at)[0]
-        if bool(uncovered.any()):
-            factors.diagonal += diagonal_ggn(curv, chunk, wc, theta=theta)[uncovered]
-        progress.advance(task, int(chunk.shape[0]))
+                a = lay.inputs(inputs[k])  # (B, T, in)
+                flat = a.reshape(-1, a.shape[2])
+                w_rows = wc.repeat_interleave(a.shape[1])
+                factors.A[k] += (flat * w_rows[:, None]).T @ flat
+            if layers:
+                for k, (lay, g_all) in enumerate(zip(layers, output_derivatives(
+                        z, outputs, output_hessian_roots(z), keep_graph=gradient), strict=True)):
+                    g = lay.outputs(g_all.flatten(0, 1))  # (K B, T, out)
+                    flat = g.reshape(-1, g.shape[2])
+                    w_rows = (wc / g.shape[1]).repeat(g_all.shape[0]).repeat_interleave(g.shape[1])
+                    factors.G[k] += (flat * w_rows[:, None]).T @ flat
+            if grad_sum is not None:
+                loss = (wc * F.cross_entropy(z, curv.y[chunk], reduction="none")).sum()
+                grad_sum += torch.autograd.grad(loss, at)[0]
+            if bool(uncovered.any()):
+                factors.diagonal += diagonal_ggn(curv, chunk, wc, theta=theta)[uncovered]
+            progress.advance(task, int(chunk.shape[0]))
     factors.weight = total
     return factors, grad_sum
 
@@ -361,7 +397,3 @@ class KFACInverse:
         """``(K + damping I) v``: the approximate curvature itself (tests, diagnostics)."""
         return self._apply(v, float(damping), 1.0)
 
-
-def finite_or(value: float, default: float) -> float:
-    """``value`` if finite, else ``default`` (for ratios of empty sums)."""
-    return value if math.isfinite(value) else default

@@ -396,7 +396,8 @@ class LossCurvature:
         for start in range(0, rows_t.shape[0], step):
             chunk, wc = rows_t[start:start + step], w[start:start + step]
             flat = self.gauss_newton_rows(self.inputs_of(chunk)).reshape(-1, p)
-            matrix += (flat * wc.repeat_interleave(flat.shape[0] // chunk.shape[0])[:, None]).T @ flat
+            per_row = wc.repeat_interleave(flat.shape[0] // chunk.shape[0])
+            matrix += (flat * per_row[:, None]).T @ flat
         diagonal = float(w.sum()) * self.weight_decay + self.damping
         matrix += diagonal * torch.eye(p, dtype=self.dtype)
         return (matrix + matrix.T) / 2
