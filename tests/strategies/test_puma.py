@@ -120,7 +120,7 @@ def convex():
 
 def _exact_params(**extra):
     return {"weight_decay": LAM, "damping": 0.0, "solver": "cholesky", "tol": 1e-12,
-            "max_iter": 100, "refresh_after": None, **extra}
+            "max_iter": 100, "refresh_after": None, "newton_steps": 1, **extra}
 
 
 def _val_loss(module: nn.Module, val: IndexedDataset) -> float:
@@ -276,6 +276,26 @@ def test_the_patch_is_the_gradient_difference_at_a_point_that_is_not_an_optimum(
     # the removal's own signal is well below the step of unfinished training that a Newton
     # step on the retained objective would add
     assert np.linalg.norm(expected - theta) < 0.5 * np.linalg.norm(newton - theta)
+
+
+def test_a_corrective_step_converges_to_retraining_on_a_convex_model(convex):
+    # with the tilted objective over the retained rows (every row is in the curvature
+    # sample here) later steps head for the retained optimum: exact retraining
+    train, val, module = convex
+    removed = np.arange(0, 200, 7)  # 29 samples: far enough for the first step to miss
+    retrained = _theta(_fit_logreg(train.drop(removed), init=module))
+    errors = {}
+    for steps in (1, 2, 3):
+        m = NaiveInfluence.from_model(module, train, val, **_exact_params(newton_steps=steps))
+        report = m.forget(removed)
+        assert report.details["newton_steps"] == steps
+        errors[steps] = np.linalg.norm(_theta(m.fitted_.module) - retrained)
+    # the chord method (the first step's curvature reused) converges linearly
+    assert errors[3] < errors[2] < 0.3 * errors[1], errors
+    # "auto" takes the corrective step only for requests of at least 0.1 % of the data
+    auto = NaiveInfluence(**_exact_params(newton_steps="auto"))
+    assert auto.point_steps(1, 200) == 1 and auto.point_steps(29, 200) == 2
+    assert auto.point_steps(5, 54_000) == 1 and auto.point_steps(540, 54_000) == 2
 
 
 def test_scores_are_the_influence_on_the_validation_loss(convex):

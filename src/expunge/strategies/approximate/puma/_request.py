@@ -30,7 +30,7 @@ from expunge.strategies.approximate.puma._precompute import (
     build_cache,
     kfac_inverse,
 )
-from expunge.strategies.approximate.puma._solve import Solve, exact_solve, kfac_solve, warn_solve
+from expunge.strategies.approximate.puma._solve import Solve, curvature_solve, warn_solve
 from expunge.strategies.approximate.puma.reweighting import solve_reweighting
 
 if TYPE_CHECKING:
@@ -141,7 +141,8 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
             first = solve(u)
             warn_solve(strategy, first, "patch solve H delta = u")
             new_theta = theta - first.x
-        steps = int(strategy.class_newton_steps if newly_removed else strategy.newton_steps)
+        steps = (int(strategy.class_newton_steps) if newly_removed
+                 else strategy.point_steps(m, n))
         residuals = first.residuals[-1:]
         if steps > 1:
             with clock.stage("newton"):
@@ -207,22 +208,15 @@ def _patch_solver(strategy: PUMA, lin: Linearisation, before: PumaCache, after: 
     curvature's mean diagonal, to keep it invertible without weight decay).
     """
     original = strategy.patch_hessian == "original"
-    with clock.stage("eigendecomposition"):
-        if strategy.uses_kfac_solver:
-            inverse = kfac_inverse(lin, before if original else after)
-            extra = 1e-6 * inverse.scale if whole_class else after.damping
-            return kfac_solve(inverse, float(strategy.weight_decay) + extra)
-        pre = None
-        if lin.layers is not None and strategy.preconditioner == "kfac":
-            precond = kfac_inverse(lin, after)
-            floor = float(strategy.weight_decay) + after.damping + 1e-12
-
-            def pre(b: torch.Tensor) -> torch.Tensor:
-                return precond.solve(b, floor)
+    cache = before if original else after
     rows = lin.train_rows if original else lin.train_rows[~np.isin(lin.train_rows, rows_m)]
-    weights = torch.full((len(rows),), 1.0 / len(rows), dtype=lin.curv.dtype)
-    with clock.stage("exact_curvature"):
-        return exact_solve(strategy, lin.curv, rows, weights, lin.data.ids[rows], pre)
+    extra = None
+    if whole_class and strategy.uses_kfac_solver:
+        with clock.stage("eigendecomposition"):
+            extra = 1e-6 * kfac_inverse(lin, cache).scale
+    stage = "eigendecomposition" if strategy.uses_kfac_solver else "exact_curvature"
+    with clock.stage(stage):
+        return curvature_solve(lin, cache, rows, extra_damping=extra)
 
 
 def _reweight(strategy: PUMA, lin: Linearisation, totals: Any, solve: Solve,

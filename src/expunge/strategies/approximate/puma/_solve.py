@@ -33,6 +33,8 @@ from expunge.strategies.approximate.curvature import (
 )
 
 if TYPE_CHECKING:
+    from expunge.strategies.approximate.puma._cache import PumaCache
+    from expunge.strategies.approximate.puma._precompute import Linearisation
     from expunge.strategies.approximate.puma.strategy import PUMA
 
 Solve = Callable[[torch.Tensor], SolveResult]
@@ -48,6 +50,30 @@ def kfac_solve(inverse: KFACInverse, damping: float) -> Solve:
         return SolveResult(inverse.solve(b, damping), [], True, 0, False, "kfac")
 
     return solve
+
+
+def curvature_solve(lin: Linearisation, cache: PumaCache, rows: np.ndarray, *,
+                    extra_damping: float | None = None) -> Solve:
+    """The strategy's solver for the curvature of ``cache`` (K-FAC) or of ``rows`` with
+    uniform weights (exact solvers, preconditioned by the cache's K-FAC when it keeps one).
+
+    The damping is the weight decay plus ``extra_damping`` (default: the cache's).
+    """
+    from expunge.strategies.approximate.puma._precompute import kfac_inverse
+
+    strategy = lin.strategy
+    extra = cache.damping if extra_damping is None else extra_damping
+    if strategy.uses_kfac_solver:
+        return kfac_solve(kfac_inverse(lin, cache), float(strategy.weight_decay) + extra)
+    pre = None
+    if lin.layers is not None and strategy.preconditioner == "kfac":
+        inverse = kfac_inverse(lin, cache)
+        floor = float(strategy.weight_decay) + extra + 1e-12
+
+        def pre(b: torch.Tensor) -> torch.Tensor:
+            return inverse.solve(b, floor)
+    weights = torch.full((len(rows),), 1.0 / len(rows), dtype=lin.curv.dtype)
+    return exact_solve(strategy, lin.curv, rows, weights, lin.data.ids[rows], pre)
 
 
 def exact_solve(strategy: PUMA, curv: LossCurvature, rows: np.ndarray,

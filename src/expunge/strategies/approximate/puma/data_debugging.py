@@ -8,8 +8,8 @@ import torch
 
 from expunge.exceptions import InvalidParameterError, NotFittedError, UnsupportedModelError
 from expunge.strategies.approximate.puma._model import PumaModel
-from expunge.strategies.approximate.puma._precompute import Linearisation, kfac_inverse
-from expunge.strategies.approximate.puma._solve import exact_solve, kfac_solve, warn_solve
+from expunge.strategies.approximate.puma._precompute import Linearisation
+from expunge.strategies.approximate.puma._solve import curvature_solve, warn_solve
 from expunge.strategies.approximate.puma.strategy import PUMA
 
 
@@ -62,19 +62,7 @@ def _compute(strategy: PUMA, fitted: PumaModel) -> tuple[np.ndarray, np.ndarray]
             "none left. Refit with val_fraction > 0 or pass validation=..."
         )
     totals = cache.totals()
-    if strategy.uses_kfac_solver:
-        solve = kfac_solve(kfac_inverse(lin, cache), float(strategy.weight_decay) + cache.damping)
-    else:
-        rows = lin.train_rows
-        weights = torch.full((len(rows),), 1.0 / len(rows), dtype=lin.curv.dtype)
-        pre = None
-        if lin.layers is not None and strategy.preconditioner == "kfac":
-            inverse = kfac_inverse(lin, cache)
-            floor = float(strategy.weight_decay) + cache.damping + 1e-12
-
-            def pre(b: torch.Tensor) -> torch.Tensor:
-                return inverse.solve(b, floor)
-        solve = exact_solve(strategy, lin.curv, rows, weights, lin.data.ids[rows], pre)
+    solve = curvature_solve(lin, cache, lin.train_rows)
     results = [solve(g) for g in totals.criterion_gradients()]
     for r in results:
         warn_solve(strategy, r, "solve for the criterion direction H^-1 grad C")

@@ -65,7 +65,7 @@ class NaiveInfluence(PUMA):
         lissa_depth: int = 1000,
         lissa_batch: int = 256,
         patch_hessian: str = "reweighted",
-        newton_steps: int = 1,
+        newton_steps: int | str = "auto",
         class_newton_steps: int = 5,
         refresh_after: float | None = 0.1,
         dtype: str = "auto",

@@ -37,6 +37,13 @@ from expunge.training import EpochKey, TrainConfig, make_optimizer, train_epochs
 
 #: torch intra-op threads for training (the exact strategies' default ``threads_per_job``)
 TRAIN_THREADS = 1
+#: ``newton_steps="auto"``: a request forgetting at least this fraction of the training
+#: split gets a corrective second step. The first step is first order; a single sample's
+#: is accurate through the network (its predicted leave-one-out logits match the patched
+#: network's), but a batch's step is large enough for the network's curvature to bend it:
+#: on E3's memorising MLP (250 of 4,900 forgotten) one step left a forget-set error of
+#: 9.6 % against retraining's 5.6 %, and one corrective step 5.6 % (docs/puma.md)
+CORRECTION_FRACTION = 1e-3
 
 
 def _is_number_text(value: Any) -> bool:
@@ -47,6 +54,11 @@ def _is_number_text(value: Any) -> bool:
         return float(value) >= 0
     except ValueError:
         return False
+
+
+def _is_count_text(value: Any) -> bool:
+    """A step count given as text by the CLI (``--newton-steps 2``)."""
+    return isinstance(value, str) and value.isdigit() and int(value) >= 1
 
 
 def _is_dataset_record(value: Any) -> bool:
@@ -75,7 +87,8 @@ CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
     "lissa_depth": [Interval(int, 1, None)],
     "lissa_batch": [Interval(int, 1, None)],
     "patch_hessian": [Options(("reweighted", "original"))],
-    "newton_steps": [Interval(int, 1, None)],
+    "newton_steps": [Options(("auto",)), Interval(int, 1, None),
+                     Check(_is_count_text, "a count >= 1 given as text")],
     "class_newton_steps": [Interval(int, 1, None)],
     "refresh_after": [None, Interval(float, 0, None)],
     "dtype": [Options(("auto", "float64", "float32"))],
@@ -158,7 +171,10 @@ class PUMA(UnlearningStrategy):
         tol, max_iter, lissa_depth, lissa_batch: the exact solvers' controls.
         pgd_steps: step cap of the re-weighting solver with several criteria.
         patch_hessian: ``"reweighted"`` (the retained curvature) or ``"original"``.
-        newton_steps, class_newton_steps: patch steps for point and class removal.
+        newton_steps: patch steps for point removal: ``"auto"`` takes one corrective step
+            after the first when the request forgets at least 0.1 % of the training split
+            (:data:`CORRECTION_FRACTION`), else none; or a count.
+        class_newton_steps: patch steps for whole-class removal.
         refresh_after: fraction of the training split forgotten since the last full
             refresh after which a request ends with one (``None``: only :meth:`refresh`).
         dtype: ``"auto"`` (float32 for K-FAC, float64 for the exact solvers), or explicit.
@@ -218,7 +234,7 @@ class PUMA(UnlearningStrategy):
         lissa_batch: int = 256,
         pgd_steps: int = 1000,
         patch_hessian: str = "reweighted",
-        newton_steps: int = 1,
+        newton_steps: int | str = "auto",
         class_newton_steps: int = 5,
         refresh_after: float | None = 0.1,
         dtype: str = "auto",
@@ -307,6 +323,12 @@ class PUMA(UnlearningStrategy):
     def damping_value(self, default: float) -> float:
         """The fixed damping, or ``default`` for ``damping="auto"``."""
         return default if self.damping == "auto" else float(self.damping)
+
+    def point_steps(self, m: int, n_train: int) -> int:
+        """Patch steps for a point removal of ``m`` of ``n_train`` training samples."""
+        if self.newton_steps == "auto":
+            return 2 if m > 1 and m >= CORRECTION_FRACTION * n_train else 1
+        return int(self.newton_steps)
 
     def sample_fraction(self, n_train: int) -> float:
         """The keyed threshold of the curvature sample for a training split of ``n_train``
