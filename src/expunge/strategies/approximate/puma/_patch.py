@@ -74,48 +74,58 @@ def refine(curv: LossCurvature, rows: np.ndarray, theta0: torch.Tensor,
     of the curvature sample), ``Phi(t) = J_S(t) - c^T t`` with ``J_S`` the mean loss plus L2
     there and ``c = grad J_S(theta0) - u0``, so ``grad Phi(theta0) = u0``: the same target
     as the first step, with the re-weighting's own curvature neglected beyond it. Each
-    step reuses the curvature of ``theta0`` (the chord method) with Armijo backtracking on
-    ``Phi`` (at most 6 halvings; no decrease keeps the point and stops). With
-    ``line_search_first`` the first step is line-searched too (whole-class removal, far
-    outside the first-order regime). Cost per step: a gradient pass over ``rows``, a
-    solve, a forward pass per trial.
+    step reuses the curvature of ``theta0`` (the chord method) with a backtracking line
+    search on ``Phi`` (Armijo's condition, quadratic interpolation; no decrease keeps the
+    point and stops). With ``line_search_first`` the first step is line-searched too
+    (whole-class removal, far outside the first-order regime). Cost per step: one pass for
+    the gradient and value, a solve, a forward pass per trial (usually one or two).
     """
-    def gradient(t: torch.Tensor) -> torch.Tensor:
-        return curv.gradient(rows, None, theta=t)
+    def evaluate(t: torch.Tensor, c: torch.Tensor) -> tuple[float, torch.Tensor]:
+        g, loss, weight = curv.gradient_and_loss(rows, None, theta=t)
+        value = loss + curv.weight_decay / 2 * float(t @ t) - float(c @ t)
+        return value, g + weight * curv.weight_decay * t - c
 
     def phi(t: torch.Tensor, c: torch.Tensor) -> float:
         losses = curv.losses(rows, t)
         return float(losses.mean()) + curv.weight_decay / 2 * float(t @ t) - float(c @ t)
 
-    c = gradient(theta0) - u0
-    theta, sizes, residuals = theta0, [], []
-    first = SolveResult(theta0 - theta1, [], True, 0, False, "given")
+    zero = torch.zeros_like(theta0)
+    value0, g0 = evaluate(theta0, zero)
+    c = g0 - u0
+    value0 -= float(c @ theta0)
+    theta, value, sizes, residuals = theta0, value0, [], []
     for k in range(steps):
-        g = u0 if k == 0 else gradient(theta) - c
-        step = first if k == 0 else solve(g)
-        if k > 0 and step.residuals:
-            residuals.append(step.residual)
+        if k == 0:
+            g, step = u0, SolveResult(theta0 - theta1, [], True, 0, False, "given")
+        else:
+            value, g = evaluate(theta, c)
+            step = solve(g)
+            if step.residuals:
+                residuals.append(step.residual)
         if k == 0 and not line_search_first:
             theta, size = theta1, 1.0
         else:
-            theta, size = _armijo(phi, c, theta, step.x, g)
+            theta, size = _backtrack(lambda t: phi(t, c), theta, value, step.x, g)
         sizes.append(size)
         if size == 0.0:  # no decrease along the chord direction: later steps would repeat it
             break
     return NewtonResult(theta, len(sizes), sizes, residuals)
 
 
-def _armijo(phi: Callable[[torch.Tensor, torch.Tensor], float], c: torch.Tensor,
-            theta: torch.Tensor, delta: torch.Tensor, gradient: torch.Tensor
-            ) -> tuple[torch.Tensor, float]:
-    """``theta - t delta`` for the first ``t`` in 1, 1/2, ..., 1/64 with Armijo's sufficient
-    decrease of ``phi``; ``(theta, 0)`` if none decreases it."""
-    current = phi(theta, c)
+def _backtrack(phi: Callable[[torch.Tensor], float], theta: torch.Tensor, current: float,
+               delta: torch.Tensor, gradient: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``theta - t delta`` for the first ``t`` (from 1) meeting Armijo's sufficient decrease
+    of ``phi``; each retry takes the minimiser of the quadratic through ``phi(0)``, its slope
+    and the failed trial, kept within ``[t/10, t/2]`` (Nocedal & Wright, section 3.5).
+    ``(theta, 0)`` if no ``t`` down to ``1/256`` decreases it."""
     slope = float(gradient @ delta)  # the derivative along -delta is -slope
     size = 1.0
-    while size >= 1 / 64:
+    while size >= 1 / 256:
         trial = theta - size * delta
-        if phi(trial, c) <= current - 1e-4 * size * slope:
+        value = phi(trial)
+        if value <= current - 1e-4 * size * slope:
             return trial, size
-        size /= 2
+        rise = value - current + slope * size  # > 0: the quadratic's curvature term
+        best = slope * size * size / (2 * rise) if rise > 0 else size / 2
+        size = min(max(best, size / 10), size / 2)
     return theta, 0.0
