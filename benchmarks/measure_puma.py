@@ -252,15 +252,18 @@ def requests_part(name: str, train: IndexedDataset, test: IndexedDataset,
 def damping_part(name: str, stores: Stores, ids: np.ndarray, forget_set: IndexedDataset,
                  test: IndexedDataset, res: dict[str, Any], fit_seconds: float,
                  members: IndexedDataset | None = None) -> None:
-    """The same request with other dampings (reopen with a fixed damping, refresh)."""
+    """The same request with other dampings: on a copy of the fitted store, the damping is
+    set and the cache refreshed (what ``refresh()`` does when the damping changes: the
+    damping is recorded at fit, so ``expunge.open`` cannot change it)."""
     chosen = res["fit"]["damping"]
     wd = RECIPE["weight_decay"]
     rows, out = [], []
     values = [("rule", None)] + [(f"{m:g} x weight decay", m * wd) for m in DAMPINGS]
     for label, value in values:
-        model = stores.copy(f"{name}-puma", **({} if value is None else {"damping": value}))
+        model = stores.copy(f"{name}-puma")
         if value is not None:
-            model.refresh()
+            model.damping = value  # type: ignore[attr-defined]
+            model.refresh()  # type: ignore[attr-defined]
         report = model.forget(ids)
         entry = {"damping": chosen if value is None else value, "label": label,
                  "test": accuracy(model, test), "forget_acc": accuracy(model, forget_set),

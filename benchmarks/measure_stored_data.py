@@ -43,6 +43,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         buckets = DirectoryStore(Path(tmp) / "buckets", create=True)
         single = DirectoryStore(Path(tmp) / "single", create=True)
+        for store in (buckets, single):  # blob writes record keyed digests: a key first
+            with store.writing():
+                store.ensure_key()
         write_training_data(buckets, train, positions, "mnist")
         _one_blob(single, train, "data/all-0")
         data = train

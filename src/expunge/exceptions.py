@@ -66,7 +66,26 @@ class WorkerError(ExpungeError, RuntimeError):
 
 
 class LedgerIntegrityError(ExpungeError):
-    """The deletion ledger's hash chain does not verify: a row was edited, removed or moved."""
+    """The deletion ledger's hash chain does not verify: a row was edited, removed or moved.
+
+    Also the base of every failed integrity check (:meth:`UnlearningStrategy.verify`).
+    """
+
+
+class StoreIntegrityError(LedgerIntegrityError):
+    """A store file does not match the digest committed for it (edited, truncated, swapped),
+    or the store's committed state does not match its ledger. The message names the file."""
+
+
+class StoreLockedError(ExpungeError, TimeoutError):
+    """Another process held the store's write lock for longer than the ``timeout`` given."""
+
+
+class ConcurrentModificationError(ExpungeError, RuntimeError):
+    """The store's committed state changed under a request (a writer that bypassed the lock).
+
+    Nothing was committed: retry the request, which re-reads the store first.
+    """
 
 
 class ExpungeWarning(UserWarning):

@@ -630,18 +630,68 @@ def run_chains(
 
 
 # --------------------------------------------------------- worker-side blob stores
-class WorkerDirectoryStore(DirectoryStore):
+class _BlobsOnly:
+    """What a worker may not do with a store: it only reads and writes blobs.
+
+    The calling process holds the store's write lock for the whole request, commits and
+    purges; a worker that tried to would bypass that lock, so every such call raises.
+    Blob digests are not computed here either: the calling process hashes what workers
+    wrote when it commits.
+    """
+
+    @staticmethod
+    def _refuse(what: str) -> StoreError:
+        return StoreError(f"workers never {what}; only the calling process does, under the "
+                          "store's write lock")
+
+    def commit(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse("commit")
+
+    def delete_blob(self, name: str) -> None:
+        raise self._refuse("delete blobs")
+
+    def collect_garbage(self, live: set[str]) -> list[str]:
+        raise self._refuse("delete blobs")
+
+    def recover(self) -> list[str]:
+        raise self._refuse("recover a store")
+
+    def try_recover(self) -> bool:
+        raise self._refuse("recover a store")
+
+    def writing(self, **_: Any) -> Any:
+        raise self._refuse("take the store's write lock")
+
+    def snapshot(self) -> Any:
+        raise self._refuse("read the committed state")
+
+    def read_state(self) -> dict[str, Any] | None:
+        raise self._refuse("read the committed state")
+
+    def ensure_key(self) -> None:
+        raise self._refuse("create a store key")
+
+    def _cache_write_allowed(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerDirectoryStore(_BlobsOnly, DirectoryStore):  # type: ignore[misc]
     """Blob access to a store directory for a worker: read and write blobs, nothing else.
 
     Reuses :class:`~expunge.store.DirectoryStore`'s atomic blob code but opens no database
-    (only the calling process commits) and leaves temp files alone (another worker may be
-    writing one). ``manifest_digest`` proves this is the calling process's store and not
-    another directory at the same path on another machine.
+    (only the calling process commits), takes no lock (the calling process holds it while
+    its workers run) and leaves temp files alone (another worker may be writing one).
+    ``manifest_digest`` proves this is the calling process's store and not another
+    directory at the same path on another machine.
     """
 
+    _records_digests = False
+
     def __init__(self, root: str | Path, manifest_digest: str) -> None:  # no super().__init__
-        self.root = Path(root)
-        self.write_hook = None
+        self._init_blob_access(Path(root))
         found = self.read_manifest()
         if found is None or manifest_digest_of(found) != manifest_digest:
             raise StoreError(
@@ -651,42 +701,30 @@ class WorkerDirectoryStore(DirectoryStore):
                 "shared path, or store=None to send checkpoints back through Ray."
             )
 
-    def commit(self, state: dict[str, Any], entry: dict[str, Any]) -> Any:
-        raise StoreError("workers never commit; only the calling process does")
 
-    def delete_blob(self, name: str) -> None:
-        raise StoreError("workers never delete blobs; only the calling process purges")
-
-    def close(self) -> None:
-        pass
-
-
-class WorkerMemoryStore(MemoryStore):
+class WorkerMemoryStore(_BlobsOnly, MemoryStore):  # type: ignore[misc]
     """A worker's view of an in-memory store: the blobs it was sent plus those it writes.
 
-    The written blobs go back to the calling process, which writes them into its store.
+    The written blobs go back to the calling process, which writes them into its store
+    (and records their digests there).
     """
 
     def __init__(self, blobs: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]
-                 ) -> None:  # no super().__init__: no database in workers
+                 ) -> None:  # no super().__init__: no database, key or lock in workers
         self.write_hook = None
         self._blobs = dict(blobs)
-        self._manifest = None
+        self._known = {}
         self.written: list[str] = []
 
     def write_blob(self, name: str, tensors: dict[str, torch.Tensor],
                    metadata: dict[str, str] | None = None, *, shared: bool = False) -> None:
-        super().write_blob(name, tensors, metadata, shared=shared)
+        if name not in self._blobs:
+            self._blobs[name] = ({k: v.detach().cpu().contiguous().clone()
+                                  for k, v in tensors.items()}, dict(metadata or {}))
         self.written.append(name)
 
     def new_blobs(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         return {name: self._blobs[name] for name in self.written}
-
-    def commit(self, state: dict[str, Any], entry: dict[str, Any]) -> Any:
-        raise StoreError("workers never commit; only the calling process does")
-
-    def close(self) -> None:
-        pass
 
 
 def manifest_digest_of(manifest: dict[str, Any]) -> str:

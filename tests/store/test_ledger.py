@@ -9,6 +9,7 @@ import pytest
 import expunge
 from expunge.cli import main
 from expunge.exceptions import LedgerIntegrityError
+from expunge.store._integrity import StoreKey, head_mac
 from expunge.store._ledger import GENESIS, chain_hash
 
 PARAMS = dict(model="logreg", epochs=2, batch_size=32, lr=0.1, seed=0)
@@ -35,7 +36,8 @@ def test_chain_links_every_entry(store_with_requests):
     strategy = expunge.open(store_with_requests)
     entries = strategy.ledger.entries()
     assert [e.seq for e in entries] == [1, 2, 3, 4]
-    assert entries[0].prev_hash == GENESIS
+    # the chain starts at the store's own genesis (a hash of its id), not a shared constant
+    assert entries[0].prev_hash == strategy.ledger.genesis != GENESIS
     for prev, entry in zip(entries, entries[1:]):
         assert entry.prev_hash == prev.hash
     assert strategy.ledger.head == entries[-1].hash
@@ -71,19 +73,25 @@ def test_tampering_is_detected(store_with_requests, sql, message, capsys):
     assert "error" in capsys.readouterr().err
 
 
-def test_rewriting_the_whole_chain_is_caught_by_the_model_fingerprint(store_with_requests):
-    """Someone deletes the last request and re-chains everything: the live model disagrees."""
+def test_rewriting_the_whole_chain_is_caught_by_the_committed_state(store_with_requests):
+    """Someone deletes the last request and re-anchors the head consistently, MAC included
+    (they read the key): the chain alone verifies, but the state does not match it."""
+    import json
+
     tamper(store_with_requests, "DELETE FROM ledger WHERE seq = 4")
     db = sqlite3.connect(store_with_requests / "expunge.sqlite")
     db.row_factory = sqlite3.Row
-    head = db.execute("SELECT * FROM ledger WHERE seq = 3").fetchone()["hash"]
-    db.execute("UPDATE state SET value = ? WHERE name = 'ledger_head'", (f'"{head}"',))
+    row = db.execute("SELECT * FROM ledger WHERE seq = 3").fetchone()
+    key = StoreKey((store_with_requests / "secret.key").read_bytes())
+    anchor = {"seq": 3, "hash": row["hash"],
+              "mac": head_mac(key, 3, row["hash"], row["state_digest"])}
+    db.execute("UPDATE state SET value = ? WHERE name = 'ledger_head'", (json.dumps(anchor),))
     db.commit()
     db.close()
     strategy = expunge.open(store_with_requests)
     assert strategy.ledger.verify() == 3  # the chain alone looks fine ...
-    with pytest.raises(LedgerIntegrityError, match="fingerprint"):
-        strategy.verify()  # ... but it does not end at the live model
+    with pytest.raises(LedgerIntegrityError, match="state_digest mismatch"):
+        strategy.verify()  # ... but the committed state is the one request 4 wrote
     strategy.close()
 
 
@@ -93,7 +101,7 @@ def test_hash_is_canonical_over_fields():
         "guarantee": "exact", "ids": "[1]", "n_ids": 1, "fingerprint_before": "a",
         "fingerprint_after": "b", "samples_retrained": 1, "sample_passes": 2,
         "submodels_retrained": "[0]", "seconds": 0.5, "purged": "[]", "details": "{}",
-        "expunge_version": "0",
+        "expunge_version": "0", "state_digest": "s",
     }
     h = chain_hash(GENESIS, fields)
     assert h == chain_hash(GENESIS, dict(reversed(list(fields.items()))))

@@ -94,7 +94,7 @@ def test_crash_during_purge_is_finished_on_reopen(small_digits, tmp_path):
 def test_interrupted_fit_resumes_and_reuses_checkpoints(small_digits, tmp_path):
     path = tmp_path / "s"
     sisa = expunge.SISA(**PARAMS, store=path)
-    original = expunge.store._store.DirectoryStore.write_blob
+    original = expunge.store.DirectoryStore.write_blob
     written: list[str] = []
 
     def flaky(self, name, tensors, metadata=None, *, shared=False):
@@ -103,12 +103,12 @@ def test_interrupted_fit_resumes_and_reuses_checkpoints(small_digits, tmp_path):
         written.append(name)
         return original(self, name, tensors, metadata, shared=shared)
 
-    expunge.store._store.DirectoryStore.write_blob = flaky
+    expunge.store.DirectoryStore.write_blob = flaky
     try:
         with pytest.raises(Crash):
             sisa.fit(small_digits)
     finally:
-        expunge.store._store.DirectoryStore.write_blob = original
+        expunge.store.DirectoryStore.write_blob = original
     with pytest.raises(StoreMismatchError, match="no committed fit"):
         expunge.open(path)
     resumed = expunge.SISA(**PARAMS, store=path).fit(small_digits)

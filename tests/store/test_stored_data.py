@@ -2,8 +2,7 @@
 
 Claims: a request rewrites only the buckets that held a forgotten id; the store holds
 exactly the retained rows; reading gives the rows in the order of ``D.drop(F)`` even when
-ids are not sorted (row order is part of what is computed); stores written with one data
-blob (before buckets) still open.
+ids are not sorted (row order is part of what is computed).
 """
 
 from __future__ import annotations
@@ -71,8 +70,10 @@ def test_reopened_data_keeps_the_row_order_of_the_dropped_dataset(small_digits, 
     reopened.close()
 
 
-def test_round_trip_and_single_blob_layout(small_digits, tmp_path):
+def test_round_trip(small_digits, tmp_path):
     store = DirectoryStore(tmp_path / "s", create=True)
+    with store.writing():
+        store.ensure_key()
     data = _shuffled(small_digits, seed=3)
     positions = np.arange(len(data), dtype=np.int64)
     names = write_training_data(store, data, positions, "fp")
@@ -82,10 +83,4 @@ def test_round_trip_and_single_blob_layout(small_digits, tmp_path):
     assert (back_positions == positions).all() and back.n_classes == data.n_classes
     # an unchanged bucket is not written again: same names, nothing new on disk
     assert write_training_data(store, data, positions, "fp") == names
-    # the layout before buckets: one blob without positions, read in stored order
-    store.write_blob("data/train-legacy", {"X": data.X, "y": data.y,
-                                           "ids": torch.from_numpy(data.ids.copy())},
-                     {"n_classes": str(data.n_classes)})
-    legacy, legacy_positions = read_training_data(store, "data/train-legacy")
-    assert (legacy.ids == data.ids).all() and (legacy_positions == positions).all()
     store.close()

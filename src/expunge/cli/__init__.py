@@ -3,7 +3,8 @@
 Each subcommand is a module in :mod:`expunge.cli.commands` that defines ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``; they are discovered here. Errors that
 expunge raises print one line to stderr and exit with code 2 (``--debug`` re-raises them
-with the traceback).
+with the traceback); so do operating-system and SQLite errors that reach this far (the
+library wraps those it meets in stores; this is the net for the rest, e.g. a dataset file).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import sqlite3
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -65,11 +67,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExpungeError as err:
         if args.debug:
             raise
-        print(f"expunge: error: {err}", file=sys.stderr)
+        print(f"expunge: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, sqlite3.Error) as err:
+        if args.debug:
+            raise
+        filename = getattr(err, "filename", None)
+        where = f" ({filename})" if filename else ""
+        text = getattr(err, "strerror", None) or str(err)
+        print(f"expunge: error: {type(err).__name__}{where}: {_one_line(text)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("expunge: interrupted; the store is at its last committed state", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

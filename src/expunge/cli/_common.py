@@ -26,6 +26,23 @@ def console(args: argparse.Namespace) -> Console:
     return Console(quiet=bool(getattr(args, "quiet", False)), highlight=False)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 seconds")
+    return value
+
+
+def add_timeout_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout", type=_seconds, default=None, metavar="SECONDS",
+        help="how long to wait while another process writes to the store (default: wait, "
+             "saying so); then fail with exit code 2")
+
+
 def parse_ids(text: str | None, path: str | None) -> np.ndarray:
     """Ids from ``--ids 1,2,3`` or ``--ids-file`` (whitespace/comma separated)."""
     if (text is None) == (path is None):

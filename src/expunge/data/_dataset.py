@@ -17,6 +17,8 @@ from expunge.exceptions import DatasetError, InvalidRequestError, UnknownSampleE
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 
 def _as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(values, torch.Tensor):
@@ -34,18 +36,35 @@ def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "
     """Validate and convert ids to a 1-D int64 array, refusing anything that is not an integer.
 
     Floats (even 3.0), booleans and strings are refused rather than coerced: an id that
-    arrives as a float usually means a bug upstream (for example a sampled fraction).
+    arrives as a float usually means a bug upstream (for example a sampled fraction). Ids
+    must fit in int64: larger values (Python ints, uint64 arrays) are refused, not wrapped.
     """
     if isinstance(ids, torch.Tensor):
         ids = ids.detach().cpu().numpy()
+    if ids is None:
+        raise InvalidRequestError(
+            f"{what} must be a sequence of integers; got None. Pass sample ids, e.g. [3, 17]."
+        )
     if isinstance(ids, (str, bytes)):
         raise InvalidRequestError(f"{what} must be a sequence of integers; got the string {ids!r}.")
     if isinstance(ids, (int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
-        ids = [int(ids)]
+        ids = np.asarray([int(ids)], dtype=np.int64) if -(2**63) <= int(ids) < 2**63 \
+            else [int(ids)]
     if isinstance(ids, np.ndarray):
         array = ids
+        if array.dtype.kind == "u" and array.size and int(array.max()) > _INT64_MAX:
+            raise InvalidRequestError(
+                f"{what} must fit in int64; got {int(array.max())} (an unsigned value above "
+                f"{_INT64_MAX}). Ids are signed 64-bit integers."
+            )
     else:
-        items = list(ids)
+        try:
+            items = list(ids)
+        except TypeError:
+            raise InvalidRequestError(
+                f"{what} must be a sequence of integers; got {type(ids).__name__} {ids!r}. "
+                "Pass sample ids, e.g. [3, 17]."
+            ) from None
         bad = [v for v in items if isinstance(v, (bool, np.bool_))
                or not isinstance(v, (int, np.integer))]
         if bad:
@@ -53,7 +72,13 @@ def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "
                 f"{what} must be integers; got {bad[:5]!r}"
                 f"{' and more' if len(bad) > 5 else ''}. Pass sample ids as ints, e.g. [3, 17]."
             )
-        array = np.asarray(items, dtype=np.int64)
+        huge = [int(v) for v in items if not _INT64_MIN <= int(v) <= _INT64_MAX]
+        if huge:
+            raise InvalidRequestError(
+                f"{what} must fit in int64 (from {_INT64_MIN} to {_INT64_MAX}); got "
+                f"{huge[:5]}. Ids are signed 64-bit integers."
+            )
+        array = np.asarray([int(v) for v in items], dtype=np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise InvalidRequestError(
             f"{what} must be integers; got an array of dtype {array.dtype}. "
@@ -96,8 +121,12 @@ class IndexedDataset:
             raise DatasetError(
                 f"y must be 1-D (one label per sample); got shape {tuple(y_t.shape)}."
             )
-        if y_t.is_floating_point() and not torch.equal(y_t, y_t.round()):
-            raise DatasetError("y must hold integer class labels; got non-integer values.")
+        if y_t.is_floating_point() and not (torch.isfinite(y_t).all()
+                                            and torch.equal(y_t, y_t.round())):
+            raise DatasetError(
+                "y must hold integer class labels; got non-integer values (NaN, inf or "
+                "fractions). Encode classes as 0, 1, ..."
+            )
         y_t = y_t.to(torch.int64).contiguous()
         if X_t.ndim == 0 or X_t.shape[0] != y_t.shape[0]:
             raise DatasetError(

@@ -1,18 +1,35 @@
-"""Stores (directory or memory), atomic checkpoints and the hash-chained deletion ledger."""
+"""Stores (directory or memory), atomic checkpoints, locks, integrity and the ledger."""
+
+from pathlib import Path
 
 from expunge.store._checkpoints import Checkpoint, pack, unpack
+from expunge.store._directory import DirectoryStore
+from expunge.store._integrity import StoreKey, verify_store
 from expunge.store._ledger import GENESIS, Ledger, LedgerEntry
-from expunge.store._store import DirectoryStore, MemoryStore, Store, open_store
+from expunge.store._memory import MemoryStore
+from expunge.store._store import CACHE_PREFIX, Head, Store
+
+
+def open_store(location: str | Path | None, *, create: bool) -> Store:
+    """A :class:`MemoryStore` for ``None``, else a :class:`DirectoryStore` at ``location``."""
+    if location is None:
+        return MemoryStore()
+    return DirectoryStore(location, create=create)
+
 
 __all__ = [
+    "CACHE_PREFIX",
     "GENESIS",
     "Checkpoint",
     "DirectoryStore",
+    "Head",
     "Ledger",
     "LedgerEntry",
     "MemoryStore",
     "Store",
+    "StoreKey",
     "open_store",
     "pack",
     "unpack",
+    "verify_store",
 ]

@@ -1,7 +1,8 @@
 """Atomic file writes: temp file in the same folder, fsync, ``os.replace``, fsync the folder.
 
 A reader therefore sees either the old file or the complete new one, never a torn write,
-even if the process dies or the machine loses power in between.
+even if the process dies or the machine loses power in between. The file gets the mode
+``0o666 & ~umask`` (see :mod:`expunge.store._fs`), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from expunge.store._fs import file_mode
 from expunge.store._layout import TEMP_SUFFIX
 
 
@@ -31,18 +33,28 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Create ``path`` atomically; ``write(tmp)`` produces the content at a temporary path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, file_mode())
+        os.close(fd)
+        fd = -1
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def write_all(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` (the one place store bytes reach the disk; tests patch it)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+    atomic_write(path, lambda tmp: write_all(tmp, data))

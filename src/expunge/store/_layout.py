@@ -2,8 +2,10 @@
 
 ```
 STORE/
-  manifest.json            written once at creation; compared on every reopen
+  manifest.json            written at creation; its keyed digest is committed with the state
   expunge.sqlite           committed state + the deletion ledger (one transaction per request)
+  secret.key               the store's 32-byte secret (keyed digests; keep it with the data)
+  write.lock, read.lock    OS file locks: one writer at a time; no purge under a reader
   blobs/<name>.safetensors content-addressed tensors: checkpoints, the retained training data
 ```
 Blob names are ``/``-separated (``ckpt/sub-003/block-002-<key>``); they map to nested folders.
@@ -16,6 +18,9 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 DATABASE = "expunge.sqlite"
+KEY = "secret.key"
+WRITE_LOCK = "write.lock"
+READ_LOCK = "read.lock"
 BLOBS = "blobs"
 BLOB_SUFFIX = ".safetensors"
 TEMP_SUFFIX = ".tmp"
@@ -29,6 +34,10 @@ def manifest_path(root: Path) -> Path:
 
 def database_path(root: Path) -> Path:
     return root / DATABASE
+
+
+def key_path(root: Path) -> Path:
+    return root / KEY
 
 
 def blobs_dir(root: Path) -> Path:

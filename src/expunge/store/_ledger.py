@@ -2,12 +2,16 @@
 
 Each row records one request (``fit`` or ``forget``): which ids, when, by which strategy
 and guarantee, the model fingerprint before and after, what was retrained and purged, and
-how long it took. ``hash = sha256(prev_hash + canonical JSON of the row)``, so editing,
-deleting or reordering any row breaks the chain; dropping the *last* rows is caught by
-comparing the chain's head with the head committed in the store's state (same transaction)
-and the last ``fingerprint_after`` with the live model (``UnlearningStrategy.verify``).
-For evidence that survives an attacker who can rewrite the whole database, publish
-``head`` somewhere they cannot (``expunge ledger --store S`` prints it).
+how long it took, and the SHA-256 of the state it committed (``state_digest``, which covers
+the keyed digest of every file). ``hash = sha256(prev_hash + canonical JSON of the row)``,
+and the first row's ``prev_hash`` is the store's genesis (a hash of the store id in the
+manifest), so editing, deleting or reordering any row breaks the chain, and so does
+deleting every row: the chain must start with the store's ``fit``. Dropping the *last* rows
+is caught by the head anchored in the store's state (length, last hash and a MAC, written
+in the same transaction) and by the last ``fingerprint_after`` against the live model
+(``UnlearningStrategy.verify``). For evidence that survives an attacker who can rewrite
+the whole store, key included, publish ``head`` somewhere they cannot
+(``expunge ledger --store S --verify`` prints it).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +46,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     purged TEXT NOT NULL,
     details TEXT NOT NULL,
     expunge_version TEXT NOT NULL,
+    state_digest TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
@@ -54,7 +59,7 @@ CREATE TABLE IF NOT EXISTS state (
 _COLUMNS = (
     "seq", "request_id", "kind", "created_at", "strategy", "guarantee", "ids", "n_ids",
     "fingerprint_before", "fingerprint_after", "samples_retrained", "sample_passes",
-    "submodels_retrained", "seconds", "purged", "details", "expunge_version",
+    "submodels_retrained", "seconds", "purged", "details", "expunge_version", "state_digest",
 )
 
 
@@ -79,6 +84,7 @@ class LedgerEntry:
     purged: list[str]
     details: dict[str, Any] = field(default_factory=dict)
     expunge_version: str = ""
+    state_digest: str = ""
     prev_hash: str = GENESIS
     hash: str = ""
 
@@ -110,11 +116,18 @@ def _decode(row: sqlite3.Row) -> LedgerEntry:
 class Ledger:
     """Read-only view of a store's ledger (``strategy.ledger``).
 
-    Iterating yields :class:`LedgerEntry` objects in request order.
+    Iterating yields :class:`LedgerEntry` objects in request order. ``genesis`` gives the
+    ``prev_hash`` the store's first entry must have (see :func:`ledger_genesis`).
     """
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, genesis: Callable[[], str]) -> None:
         self._connection = connection
+        self._genesis = genesis
+
+    @property
+    def genesis(self) -> str:
+        """The ``prev_hash`` of this store's first entry."""
+        return self._genesis()
 
     def __len__(self) -> int:
         return int(self._connection.execute("SELECT COUNT(*) FROM ledger").fetchone()[0])
@@ -160,16 +173,28 @@ class Ledger:
     def verify(self) -> int:
         """Walk the chain; return the number of entries or raise :class:`LedgerIntegrityError`.
 
-        Checks: sequence numbers run 1, 2, 3... with no gap; each ``prev_hash`` is the
-        previous row's ``hash``; each ``hash`` recomputes from the row; and the last hash
-        equals the head committed with the store's state.
+        Checks: the first entry is a ``fit`` whose ``prev_hash`` is the store's genesis;
+        sequence numbers run 1, 2, 3... with no gap; each ``prev_hash`` is the previous row's
+        ``hash``; each ``hash`` recomputes from the row; the chain is not empty when the
+        store has a committed state; and its length and last hash equal the head committed
+        with the store's state.
         """
-        prev = GENESIS
+        prev = self.genesis
         expected_seq = 1
         count = 0
         for row in self._connection.execute("SELECT * FROM ledger ORDER BY seq"):
             data = dict(row)
             seq = data["seq"]
+            if seq == 1 and data["kind"] != "fit":
+                raise LedgerIntegrityError(
+                    f"Ledger entry 1 is a {data['kind']!r}, not the store's fit: the chain's "
+                    "start was replaced."
+                )
+            if seq == 1 and data["prev_hash"] != prev:
+                raise LedgerIntegrityError(
+                    "Ledger entry 1 does not start this store's chain (its prev_hash is not "
+                    "the store's genesis): the ledger belongs to another store or was rewritten."
+                )
             if seq != expected_seq:
                 raise LedgerIntegrityError(
                     f"Ledger entry {expected_seq} is missing (next entry is {seq}): "
@@ -188,12 +213,34 @@ class Ledger:
             prev = data["hash"]
             expected_seq += 1
             count += 1
-        committed = self._connection.execute(
-            "SELECT value FROM state WHERE name = 'ledger_head'"
-        ).fetchone()
-        if committed is not None and json.loads(committed[0]) != prev:
+        anchor = self.anchor()
+        has_state = self._connection.execute(
+            "SELECT 1 FROM state WHERE name = 'current'").fetchone() is not None
+        if count == 0 and (has_state or anchor is not None):
+            raise LedgerIntegrityError(
+                "The ledger is empty but the store has a committed model: every entry, the "
+                "fit included, was deleted outside expunge."
+            )
+        if count and (anchor is None or anchor.get("seq") != count
+                      or anchor.get("hash") != prev):
             raise LedgerIntegrityError(
                 "The ledger's last entry is not the one committed with the store's state: "
                 "trailing entries were deleted or added outside expunge."
             )
         return count
+
+    def anchor(self) -> dict[str, Any] | None:
+        """The head committed with the state: ``{"seq", "hash", "mac"}`` (None before a fit)."""
+        row = self._connection.execute(
+            "SELECT value FROM state WHERE name = 'ledger_head'").fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise LedgerIntegrityError(
+                "The store's committed ledger head is malformed: it was edited outside expunge."
+            )
+        return value

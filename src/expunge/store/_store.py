@@ -1,44 +1,70 @@
 """A store: blobs of tensors plus an SQLite database holding committed state and the ledger.
 
-Two backends share one interface: :class:`DirectoryStore` (``store="path"``) persists
-everything; :class:`MemoryStore` (``store=None``) keeps blobs in a dict and the database in
-SQLite's ``:memory:``, so the ledger and its hash chain work the same in memory.
+Two backends share one interface: :class:`~expunge.store.DirectoryStore` (``store="path"``)
+persists everything; :class:`~expunge.store.MemoryStore` (``store=None``) keeps blobs in a
+dict and the database in SQLite's ``:memory:``, so the ledger and its checks work the same.
 
-Commit protocol (what makes a request all-or-nothing):
+Commit protocol (what makes a request all-or-nothing), run under the store's write lock
+(:mod:`expunge.store._lock`), so that exactly one process changes a store at a time:
 
 1. new blobs are written atomically under new content-addressed names (live ones are never
-   overwritten);
-2. ``commit`` writes the new state and the ledger row in **one** SQLite transaction
-   (WAL, ``synchronous=FULL``): this is the moment the request happens;
-3. blobs no longer referenced by the state are deleted (the purge), and listed in the row.
+   overwritten); the writer knows their keyed digests;
+2. ``commit`` checks, inside the transaction, that the committed head is still the one
+   the request was planned on; then writes the new state (with the keyed digest of every
+   live blob and of the manifest) and the ledger row (with the state's SHA-256) in **one**
+   SQLite transaction (WAL, ``synchronous=FULL``): this is the moment the request happens;
+3. blobs no longer referenced by the state are deleted (the purge), and listed in the row;
+   the purge takes the read lock exclusively, so that no reader loses files mid-load.
 
 A crash before step 2 leaves unreferenced new blobs; a crash after it leaves stale old
-ones. Either way :meth:`Store.collect_garbage` on reopen removes every blob the committed
-state does not name, so the store is at the previous state or finishes the request.
+ones. Either way :meth:`Store.recover` (run by ``expunge.open`` when no writer holds the
+lock, and by every ``fit``) removes what the committed state does not name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from expunge._version import __version__
-from expunge.exceptions import StoreError
-from expunge.store import _layout as layout
-from expunge.store._atomic import atomic_write, atomic_write_bytes
-from expunge.store._ledger import SCHEMA, Ledger, LedgerEntry, chain_hash
+from expunge.exceptions import (
+    ConcurrentModificationError,
+    LedgerIntegrityError,
+    StoreError,
+    StoreIntegrityError,
+    StoreLockedError,
+)
+from expunge.store._fs import sqlite_errors
+from expunge.store._integrity import StoreKey, head_mac, ledger_genesis, text_digest
+from expunge.store._ledger import Ledger, LedgerEntry, chain_hash
+from expunge.store._lock import FileLock, ThreadLock, WaitNotice
 
 Tensors = dict[str, torch.Tensor]
 Metadata = dict[str, str]
+
+#: blobs under this prefix are caches (e.g. the evaluation's retrained reference): recovery
+#: keeps them, but every ``forget`` purges them all, since they may carry the forgotten ids
+CACHE_PREFIX = "cache/"
+
+
+@dataclass(frozen=True)
+class Head:
+    """Where a store's history stands: the last entry's ``seq`` and ``hash`` (0, "": none)."""
+
+    seq: int = 0
+    hash: str = ""
+
+    def describe(self) -> str:
+        return "no committed request" if self.seq == 0 else f"request #{self.seq}"
 
 
 def _prepare(tensors: Tensors) -> Tensors:
@@ -46,15 +72,23 @@ def _prepare(tensors: Tensors) -> Tensors:
 
 
 class Store(ABC):
-    """Blobs + committed state + ledger. Use :func:`open_store` to get one."""
+    """Blobs + committed state + ledger + locks + key. Use :func:`open_store` to get one."""
+
+    _write_lock: FileLock | ThreadLock
+    _read_lock: FileLock | ThreadLock
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
         self._db.row_factory = sqlite3.Row
-        self._db.executescript(SCHEMA)
-        self.ledger = Ledger(self._db)
+        self.ledger = Ledger(self._db, self._genesis)
         #: every blob written or deleted, in order; tests use it to inject crashes
         self.write_hook: Any = None
+        #: keyed digest of every blob this handle knows: committed ones and its own writes
+        self._known: dict[str, str] = {}
+        #: the head of the state this handle last read or committed
+        self.loaded_head = Head()
+        self._key: StoreKey | None = None
+        self._store_id: str | None = None
 
     # ------------------------------------------------------------------ blobs
     @abstractmethod
@@ -63,12 +97,16 @@ class Store(ABC):
         """Store ``tensors`` under ``name`` atomically (a no-op if it exists already).
 
         ``shared=True`` promises the tensors will never be mutated, letting the memory
-        backend keep references instead of copies (used for the training data).
+        backend keep references instead of copies (used for the training data). A blob
+        under ``cache/`` is written only while no other writer holds the store and this
+        handle is at the committed head (a cache must never outlive a purge); otherwise the
+        write is skipped.
         """
 
     @abstractmethod
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
-        """The tensors and metadata of blob ``name``."""
+        """The tensors and metadata of blob ``name``; a committed blob is checked against its
+        digest first (:class:`StoreIntegrityError` if it changed)."""
 
     @abstractmethod
     def has_blob(self, name: str) -> bool: ...
@@ -80,6 +118,14 @@ class Store(ABC):
     def delete_blob(self, name: str) -> None: ...
 
     @abstractmethod
+    def blob_digest(self, name: str) -> str:
+        """The keyed digest of blob ``name`` as it is now (re-hashed from its content)."""
+
+    @abstractmethod
+    def describe_file(self, name: str) -> str:
+        """How messages name a blob (or ``"manifest"``): its path, or its name in memory."""
+
+    @abstractmethod
     def size_bytes(self) -> int:
         """Bytes used by blobs and the database."""
 
@@ -87,20 +133,196 @@ class Store(ABC):
     def location(self) -> str:
         return "memory"
 
-    # ------------------------------------------------------------ manifest
+    def check_blob(self, name: str, expected: str | None = None) -> None:
+        """Raise :class:`StoreIntegrityError` unless blob ``name`` has its committed digest."""
+        expected = expected if expected is not None else self._known.get(name)
+        if expected is None:
+            return
+        if not self.has_blob(name):
+            raise StoreIntegrityError(
+                f"{self.describe_file(name)} is missing: it was deleted outside expunge. "
+                "Restore it from a backup, or refit into a new store."
+            )
+        if self.blob_digest(name) != expected:
+            raise StoreIntegrityError(
+                f"{self.describe_file(name)} does not match the digest committed for it: it "
+                "was modified, truncated or replaced outside expunge. Restore it from a "
+                "backup, or refit into a new store."
+            )
+
+    def _cache_write_allowed(self) -> bool:
+        """A cache blob may be written: no other writer now, and this handle is current."""
+        if self._write_lock.held:
+            return True
+        try:
+            with self._write_lock.hold(timeout=0, operation="cache write"):
+                return self.committed_head() == self.loaded_head
+        except (StoreError, StoreLockedError):
+            return False
+
+    # ------------------------------------------------------------ manifest + key
     @abstractmethod
     def read_manifest(self) -> dict[str, Any] | None: ...
 
     @abstractmethod
     def write_manifest(self, manifest: dict[str, Any]) -> None: ...
 
-    # ---------------------------------------------------------- state + ledger
-    def read_state(self) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT value FROM state WHERE name = 'current'").fetchone()
-        return None if row is None else json.loads(row[0])
+    @abstractmethod
+    def manifest_digest(self) -> str | None:
+        """The keyed digest of the manifest as stored now (None if there is none)."""
 
-    def commit(self, state: dict[str, Any], entry: dict[str, Any]) -> LedgerEntry:
-        """Make ``state`` current and append ``entry`` to the ledger, in one transaction."""
+    @property
+    def key(self) -> StoreKey:
+        """This store's secret, for keyed digests (:class:`StoreKey`)."""
+        if self._key is None:
+            self._key = self._load_key()
+        return self._key
+
+    @abstractmethod
+    def _load_key(self) -> StoreKey: ...
+
+    @abstractmethod
+    def ensure_key(self) -> None:
+        """Create the store's key if it has none (under the write lock, at the first fit)."""
+
+    def keyed_digest(self, purpose: str, *chunks: bytes | memoryview | str) -> str:
+        """HMAC-SHA256 under this store's key, bound to ``purpose`` (see :class:`StoreKey`)."""
+        return self.key.digest(purpose, *chunks)
+
+    @property
+    def store_id(self) -> str:
+        if self._store_id is None:
+            manifest = self.read_manifest() or {}
+            store_id = manifest.get("store_id")
+            if not isinstance(store_id, str) or not store_id:
+                raise StoreIntegrityError(
+                    f"{self.describe_file('manifest')} has no store_id: it was edited outside "
+                    "expunge."
+                )
+            self._store_id = store_id
+        return self._store_id
+
+    def _genesis(self) -> str:
+        return ledger_genesis(self.store_id)
+
+    # ------------------------------------------------------------------- locks
+    def writing(self, *, timeout: float | None = None, on_wait: WaitNotice | None = None,
+                operation: str = "write") -> contextlib.AbstractContextManager[bool]:
+        """Hold the store's write lock (exclusive between processes; re-entrant).
+
+        Raises:
+            StoreLockedError: another process held it for more than ``timeout`` seconds.
+        """
+        return self._write_lock.hold(timeout=timeout, on_wait=on_wait, operation=operation)
+
+    @property
+    def holds_write_lock(self) -> bool:
+        return self._write_lock.held
+
+    def _require_write_lock(self, action: str) -> None:
+        if not self._write_lock.held:
+            raise StoreError(f"{action} needs the store's write lock (use store.writing()).")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read a consistent committed state: a shared read lock (no purge runs meanwhile)
+        and one SQLite read transaction (no commit becomes visible meanwhile)."""
+        if self._db.in_transaction:
+            yield
+            return
+        with self._read_lock.hold(shared=True):
+            with self._sqlite("read"):
+                self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("COMMIT")
+
+    def _sqlite(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return sqlite_errors(f"{action} the store database of", self.location)
+
+    # ---------------------------------------------------------- state + ledger
+    def read_state_text(self) -> str | None:
+        with self._sqlite("read"):
+            row = self._db.execute("SELECT value FROM state WHERE name = 'current'").fetchone()
+        return None if row is None else str(row[0])
+
+    def read_anchor(self) -> dict[str, Any] | None:
+        with self._sqlite("read"):
+            return self.ledger.anchor()
+
+    def committed_head(self) -> Head:
+        """The head anchored with the committed state (``Head()`` before the first fit)."""
+        anchor = self.read_anchor()
+        if anchor is None:
+            return Head()
+        return Head(int(anchor.get("seq", 0)), str(anchor.get("hash", "")))
+
+    def read_state(self) -> dict[str, Any] | None:
+        """The committed state; this handle then checks committed blobs against it on read."""
+        text = self.read_state_text()
+        if text is None:
+            return None
+        try:
+            state = json.loads(text)
+            digests = dict(state["blobs"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise StoreIntegrityError(
+                f"The committed state of the store {self.location!r} is malformed ({err}): the "
+                "database was edited outside expunge."
+            ) from None
+        self._known.update(digests)
+        self.loaded_head = self.committed_head()
+        return dict(state)
+
+    def commit(self, state: dict[str, Any], entry: dict[str, Any], *, live: set[str],
+               expected: Head) -> LedgerEntry:
+        """Make ``state`` current and append ``entry`` to the ledger, in one transaction.
+
+        Adds the keyed digest of every ``live`` blob and of the manifest to the state, and
+        the state's SHA-256 to the entry. Refuses (changing nothing) unless this handle holds
+        the write lock and the committed head is still ``expected``.
+
+        Raises:
+            ConcurrentModificationError: another writer committed since ``expected``.
+        """
+        self._require_write_lock("commit")
+        digests = {name: self._digest_for_commit(name) for name in sorted(live)}
+        full_state = {**state, "blobs": digests, "manifest": self.manifest_digest()}
+        state_text = json.dumps(full_state, sort_keys=True)
+        fields = self._entry_fields(entry)
+        fields["state_digest"] = text_digest(state_text)
+        with self._sqlite("commit to"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seq, prev = self._check_head(expected)
+                fields["seq"] = seq
+                fields["prev_hash"] = prev
+                fields["hash"] = chain_hash(prev, fields)
+                names = ", ".join(fields)
+                marks = ", ".join("?" for _ in fields)
+                self._db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})",
+                                 list(fields.values()))
+                anchor = {"seq": seq, "hash": fields["hash"],
+                          "mac": head_mac(self.key, seq, fields["hash"], fields["state_digest"])}
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO state (name, value) VALUES (?, ?)",
+                    [("current", state_text), ("ledger_head", json.dumps(anchor))])
+                self._db.execute("COMMIT")
+            except BaseException:
+                # a failed COMMIT (disk full) may already have rolled back
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        self._known.update(digests)
+        self.loaded_head = Head(seq, fields["hash"])
+        return self.ledger[seq]
+
+    @staticmethod
+    def _entry_fields(entry: dict[str, Any]) -> dict[str, Any]:
         fields = dict(entry)
         fields.setdefault("request_id", uuid.uuid4().hex)
         now = datetime.now(timezone.utc)
@@ -112,185 +334,82 @@ class Store(ABC):
         fields["purged"] = list(fields.get("purged", []))
         fields.setdefault("details", {})
         fields["seconds"] = float(fields["seconds"])
-        encoded = {k: json.dumps(v, sort_keys=True) if k in (
+        return {k: json.dumps(v, sort_keys=True) if k in (
             "ids", "submodels_retrained", "purged", "details") else v for k, v in fields.items()}
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            row = self._db.execute("SELECT MAX(seq), (SELECT hash FROM ledger ORDER BY seq DESC "
-                                   "LIMIT 1) FROM ledger").fetchone()
-            seq = (row[0] or 0) + 1
-            prev = row[1] or "0" * 64
-            encoded["seq"] = seq
-            encoded["prev_hash"] = prev
-            encoded["hash"] = chain_hash(prev, encoded)
-            names = ", ".join(encoded)
-            marks = ", ".join("?" for _ in encoded)
-            self._db.execute(f"INSERT INTO ledger ({names}) VALUES ({marks})",
-                             list(encoded.values()))
-            self._db.execute(
-                "INSERT OR REPLACE INTO state (name, value) VALUES ('current', ?)",
-                (json.dumps(state, sort_keys=True),),
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO state (name, value) VALUES ('ledger_head', ?)",
-                (json.dumps(encoded["hash"]),),
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return self.ledger[seq]
 
+    def _check_head(self, expected: Head) -> tuple[int, str]:
+        """Inside the commit's transaction: the next ``seq`` and ``prev_hash``."""
+        head = self.committed_head()
+        if head != expected:
+            raise ConcurrentModificationError(
+                f"The store {self.location!r} changed while this request was prepared: it was "
+                f"planned on {expected.describe()}, but {head.describe()} is committed now (a "
+                "writer bypassed the store lock). Nothing was committed; retry the request."
+            )
+        row = self._db.execute("SELECT MAX(seq), (SELECT hash FROM ledger ORDER BY seq DESC "
+                               "LIMIT 1) FROM ledger").fetchone()
+        last_seq, last_hash = int(row[0] or 0), row[1]
+        if last_seq != head.seq or (head.seq and last_hash != head.hash):
+            raise LedgerIntegrityError(
+                f"The ledger of {self.location!r} does not end at the committed head "
+                f"({last_seq} entries, head #{head.seq}): it was edited outside expunge. "
+                "Nothing was committed; run verify() to see what changed."
+            )
+        return head.seq + 1, (str(last_hash) if head.seq else self._genesis())
+
+    def _digest_for_commit(self, name: str) -> str:
+        digest = self._known.get(name)
+        if digest is None:  # a blob a worker wrote, or one reused from an interrupted run
+            if not self.has_blob(name):
+                raise StoreError(
+                    f"Cannot commit: {self.describe_file(name)} is missing. Nothing was "
+                    "committed; retry the request."
+                )
+            digest = self._known[name] = self.blob_digest(name)
+        return digest
+
+    # --------------------------------------------------------------- cleanup
     def collect_garbage(self, live: set[str]) -> list[str]:
-        """Delete every blob not in ``live``; return their names, sorted."""
+        """Delete every blob not in ``live`` (under the write lock); return their names."""
+        self._require_write_lock("deleting blobs")
         dead = sorted(self.list_blobs() - live)
-        for name in dead:
-            self.delete_blob(name)
+        if dead:
+            # wait for readers still loading the state these blobs belonged to
+            with self._read_lock.hold(on_wait=None):
+                for name in dead:
+                    self.delete_blob(name)
+                    self._known.pop(name, None)
         return dead
 
-    def close(self) -> None:
-        self._db.close()
-
-
-class MemoryStore(Store):
-    """Everything in this process's memory (``store=None``)."""
-
-    def __init__(self) -> None:
-        super().__init__(sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False))
-        self._blobs: dict[str, tuple[Tensors, Metadata]] = {}
-        self._manifest: dict[str, Any] | None = None
-
-    def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
-        if self.write_hook is not None:
-            self.write_hook("write", name)
-        if name not in self._blobs:
-            kept = {k: v.detach() for k, v in tensors.items()} if shared else _prepare(tensors)
-            self._blobs[name] = (kept, dict(metadata or {}))
-
-    def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
-        try:
-            tensors, metadata = self._blobs[name]
-        except KeyError:
-            raise StoreError(f"blob {name!r} is missing from the in-memory store") from None
-        # clones: optimizer.load_state_dict keeps same-dtype tensors by reference and would
-        # otherwise mutate the stored checkpoint in place
-        return {k: v.clone() for k, v in tensors.items()}, dict(metadata)
-
-    def has_blob(self, name: str) -> bool:
-        return name in self._blobs
-
-    def list_blobs(self) -> set[str]:
-        return set(self._blobs)
-
-    def delete_blob(self, name: str) -> None:
-        self._blobs.pop(name, None)
-
-    def size_bytes(self) -> int:
-        return sum(t.numel() * t.element_size()
-                   for tensors, _ in self._blobs.values() for t in tensors.values())
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        return self._manifest
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._manifest = json.loads(json.dumps(manifest))
-
-
-class DirectoryStore(Store):
-    """A store directory on disk (see :mod:`expunge.store._layout`)."""
-
-    def __init__(self, root: str | Path, *, create: bool) -> None:
-        self.root = Path(root)
-        if create:
-            self.root.mkdir(parents=True, exist_ok=True)
-        elif not layout.manifest_path(self.root).is_file():
-            raise StoreError(
-                f"{str(self.root)!r} is not an expunge store (no {layout.MANIFEST}). "
-                "Create one with fit(..., store=PATH) or `expunge fit --store PATH`."
-            )
-        connection = sqlite3.connect(
-            layout.database_path(self.root), isolation_level=None, check_same_thread=False
-        )
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        super().__init__(connection)
+    def recover(self) -> list[str]:
+        """Finish or undo an interrupted request (under the write lock): delete temp files
+        and every blob the committed state does not name (caches are kept). Before the first
+        fit commits, blobs are kept: fitting again reuses them."""
+        self._require_write_lock("recovery")
         self._remove_temp_files()
+        state = self.read_state()
+        if state is None:
+            return []
+        live = set(state["blobs"]) | {b for b in self.list_blobs() if b.startswith(CACHE_PREFIX)}
+        return self.collect_garbage(live)
 
-    @property
-    def location(self) -> str:
-        return str(self.root)
+    def try_recover(self) -> bool:
+        """:meth:`recover` if the write lock is free right now (never waits); whether it ran."""
+        try:
+            with self.writing(timeout=0, operation="recovery") as taken:
+                if taken:
+                    self.recover()
+                return bool(taken)
+        except (StoreError, StoreLockedError):  # busy, or no write access: readers do without
+            return False
 
     def _remove_temp_files(self) -> None:
-        base = layout.blobs_dir(self.root)
-        if base.is_dir():
-            for tmp in base.rglob("*" + layout.TEMP_SUFFIX):
-                tmp.unlink(missing_ok=True)
+        """Delete temp files of interrupted writes (only the write-lock holder may)."""
 
-    def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
-        if self.write_hook is not None:
-            self.write_hook("write", name)
-        path = layout.blob_path(self.root, name)
-        if path.exists():
-            return
-        prepared = _prepare(tensors)
-        atomic_write(path, lambda tmp: save_file(prepared, str(tmp), metadata=dict(metadata or {})))
-
-    def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
-        path = layout.blob_path(self.root, name)
-        if not path.is_file():
-            raise StoreError(
-                f"The store {str(self.root)!r} is missing {path.name} ({name}); it was deleted "
-                "outside expunge. Refit into a new store."
-            )
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        return tensors, metadata
-
-    def has_blob(self, name: str) -> bool:
-        return layout.blob_path(self.root, name).is_file()
-
-    def list_blobs(self) -> set[str]:
-        base = layout.blobs_dir(self.root)
-        if not base.is_dir():
-            return set()
-        return {layout.blob_name(self.root, p) for p in base.rglob("*" + layout.BLOB_SUFFIX)}
-
-    def delete_blob(self, name: str) -> None:
-        if self.write_hook is not None:
-            self.write_hook("delete", name)
-        path = layout.blob_path(self.root, name)
-        path.unlink(missing_ok=True)
-        # remove emptied folders so a purged sub-model leaves nothing behind
-        parent = path.parent
-        base = layout.blobs_dir(self.root)
-        while parent != base and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        path = layout.manifest_path(self.root)
-        if not path.is_file():
-            return None
-        try:
-            return dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise StoreError(f"{path} is not a readable manifest: {err}") from err
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_bytes(
-            layout.manifest_path(self.root),
-            json.dumps(manifest, indent=2, sort_keys=True).encode(),
-        )
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
 
 
-def open_store(location: str | Path | None, *, create: bool) -> Store:
-    """A :class:`MemoryStore` for ``None``, else a :class:`DirectoryStore` at ``location``."""
-    if location is None:
-        return MemoryStore()
-    return DirectoryStore(location, create=create)
+#: signature of the hook tests use to inject crashes: (action, blob name)
+WriteHook = Callable[[str, str], None]

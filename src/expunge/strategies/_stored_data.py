@@ -6,7 +6,8 @@ be copied and fsynced again on every request: about 1 s, as long as SISA's whole
 of one slice. Split into :data:`DATA_BUCKETS` blobs by a keyed hash of the id, a request
 rewrites only the buckets that held a forgotten id (1/16 of the data for a single id) and
 keeps the others, which are content-addressed: a bucket's blob name is a hash of the
-original dataset's fingerprint, the bucket and the ids it holds, so an unchanged bucket
+original dataset's keyed fingerprint (an HMAC under the store's secret, so names reveal
+nothing checkable about the data), the bucket and the ids it holds, so an unchanged bucket
 keeps its name and its bytes.
 
 Row order is part of the data (a float sum over rows depends on it), so each bucket also
@@ -17,14 +18,16 @@ the order of ``D.drop(F)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from expunge._hashing import derive_key, keyed_uniform, sha256_ids
 from expunge.data._dataset import IndexedDataset
+from expunge.exceptions import DatasetError, StoreIntegrityError
 from expunge.store import Store
+from expunge.store._integrity import ids_digest
 
 #: prefix of the training-data blobs (one per non-empty bucket)
 DATA_BLOB_PREFIX = "data/train-"
@@ -78,16 +81,53 @@ def read_training_data(store: Store, names: str | Sequence[str]
     """
     parts = [store.read_blob(name) for name in ([names] if isinstance(names, str) else names)]
     if not parts:
-        raise ValueError("the store's state names no training-data blob")
-    n_classes = int(parts[0][1]["n_classes"])
-    X = torch.cat([tensors["X"] for tensors, _ in parts])
-    y = torch.cat([tensors["y"] for tensors, _ in parts])
-    ids = np.concatenate([tensors["ids"].numpy() for tensors, _ in parts])
-    if all("positions" in tensors for tensors, _ in parts):
+        raise StoreIntegrityError(
+            f"The committed state of the store {store.location!r} names no training data."
+        )
+    try:
+        n_classes = int(parts[0][1]["n_classes"])
+        X = torch.cat([tensors["X"] for tensors, _ in parts])
+        y = torch.cat([tensors["y"] for tensors, _ in parts])
+        ids = np.concatenate([tensors["ids"].numpy() for tensors, _ in parts])
         positions = np.concatenate([tensors["positions"].numpy() for tensors, _ in parts])
-    else:
-        positions = np.arange(len(ids), dtype=np.int64)
-    order = np.argsort(positions, kind="stable")
-    index = torch.from_numpy(order)
-    data = IndexedDataset(X[index], y[index], ids[order], n_classes=n_classes)
+        order = np.argsort(positions, kind="stable")
+        index = torch.from_numpy(order)
+        data = IndexedDataset(X[index], y[index], ids[order], n_classes=n_classes)
+    except (KeyError, ValueError, RuntimeError, DatasetError) as err:
+        raise StoreIntegrityError(
+            f"The training data stored in {store.location!r} is inconsistent ({err}); its "
+            "blobs were edited outside expunge."
+        ) from None
     return data, positions[order]
+
+
+def training_ids_digest(store: Store, ids: np.ndarray) -> str:
+    """The keyed digest of a set of training ids (recorded by ``fit``, checked by verify)."""
+    return ids_digest(store.key, ids.tolist())
+
+
+def check_training_ids(store: Store, retained: np.ndarray, forgotten: Mapping[int, int], *,
+                       n_samples: int, digest: str) -> None:
+    """The retained ids and the forgotten ones are disjoint and together the fitted ids.
+
+    This is the ledger's promise stated on the data: every id the ledger lists as forgotten
+    left the stored training data, and nothing else did.
+
+    Raises:
+        StoreIntegrityError: naming the first id that breaks it.
+    """
+    gone = np.fromiter(forgotten, dtype=np.int64, count=len(forgotten))
+    back = np.intersect1d(retained, gone)
+    if back.size:
+        raise StoreIntegrityError(
+            f"Ids {back[:10].tolist()} are in the stored training data, but the ledger lists "
+            f"them as forgotten (request #{forgotten[int(back[0])]}): the data was written "
+            "back outside expunge."
+        )
+    every = np.concatenate([np.asarray(retained, dtype=np.int64), gone])
+    if len(every) != n_samples or training_ids_digest(store, every) != digest:
+        raise StoreIntegrityError(
+            f"The stored training data ({len(retained)} samples) plus the {len(gone)} forgotten "
+            f"ids is not the data the store was fitted on ({n_samples} samples): samples were "
+            "added or removed outside expunge."
+        )

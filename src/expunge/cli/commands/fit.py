@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from expunge.cli._common import add_strategy_flags, console, strategy_params
+from expunge.cli._common import add_strategy_flags, add_timeout_flag, console, strategy_params
 from expunge.data import available_datasets, load_dataset
 from expunge.strategies import get_strategy
 
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", default=None,
                         help="folder with the dataset's files (mnist, adult); no downloads")
     parser.add_argument("--store", required=True, help="directory to create the store in")
+    add_timeout_flag(parser)
     add_strategy_flags(parser)
 
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     train, test = load_dataset(args.dataset, root=args.data_root)
     strategy = cls(**params, store=args.store, show_progress=not args.quiet)
     started = time.perf_counter()
-    strategy.fit(train)
+    strategy.fit(train, timeout=args.timeout)
     seconds = time.perf_counter() - started
     out.print(
         f"fitted [bold]{cls.name}[/] on {args.dataset} ({len(train)} samples) in {seconds:.1f} s; "

@@ -7,7 +7,7 @@ import argparse
 from rich.table import Table
 
 import expunge
-from expunge.cli._common import console, parse_ids
+from expunge.cli._common import add_timeout_flag, console, parse_ids
 
 NAME = "forget"
 HELP = "forget sample ids from a fitted store (one ledger entry per call)"
@@ -18,13 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ids", default=None, help="comma-separated sample ids, e.g. 17,4242")
     parser.add_argument("--ids-file", default=None, help="file of ids (whitespace or commas)")
     parser.add_argument("--tag", default=None, help="free text stored with the ledger entry")
+    add_timeout_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids, args.ids_file)
     strategy = expunge.open(args.store, show_progress=not args.quiet)
     try:
-        report = strategy.forget(ids, tag=args.tag)
+        report = strategy.forget(ids, tag=args.tag, timeout=args.timeout)
     finally:
         strategy.close()
     table = Table(title=f"request #{report.seq} ({report.request_id[:12]})", show_header=False)

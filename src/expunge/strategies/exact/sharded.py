@@ -391,6 +391,11 @@ class ShardedStrategy(UnlearningStrategy):
                     "longer bit-for-bit reproducible. Use nodes of one CPU type and one torch "
                     "version (see docs/parallel.md).", NondeterminismWarning, stacklevel=2)
 
+        # workers read checkpoints without checking digests (they have no key): the ones the
+        # chains resume from are committed, so this process checks them before any job runs
+        for k in chains:
+            if starts[k] > 0:
+                store.check_blob(checkpoint_blob(k, starts[k] - 1, all_keys[k][starts[k] - 1]))
         costs = {k: [(b, float(len(plans[k].training_ids(b)) * plans[k].epochs[b] + 1))
                      for b in range(starts[k], plans[k].n_blocks)] for k in chains}
         run_chains(executor, costs, make_job, on_done)

@@ -10,7 +10,8 @@ Every cached quantity is a sum over rows (:class:`BucketStats`):
   cross-entropy gradients and losses, per criterion (``grad C`` and the held-out loss the
   damping rule matches).
 
-The rows are split into the same 16 id-buckets as the stored training data
+The sums are stored as state blobs (``puma/bucket-*``), one per bucket. The rows are split
+into the same 16 id-buckets as the stored training data
 (:func:`expunge.strategies._stored_data.data_buckets`). A request recomputes, at the
 current parameters and on the retained rows only, exactly the buckets holding a forgotten
 id that is in ``S`` or ``C``, and drops the old blobs: afterwards no persisted number was
@@ -42,7 +43,6 @@ from expunge.strategies.approximate.curvature import (
     LossCurvature,
     kfac_factors_and_gradient,
 )
-from expunge.strategies.base import CACHE_PREFIX
 
 #: purposes of the keyed subsets (with the strategy's seed)
 VALIDATION_KEY = "puma-validation"
@@ -86,7 +86,8 @@ class BucketStats:
 
     @property
     def blob_name(self) -> str:
-        return f"{CACHE_PREFIX}puma/b{self.bucket:02d}-{self.key[:32]}"
+        # state, not a disposable cache: a reopened strategy reads it back
+        return f"puma/bucket-{self.bucket:02d}-{self.key[:32]}"
 
     def to_blob(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = {"grad_sum": self.grad_sum, "crit_count": self.crit_count,

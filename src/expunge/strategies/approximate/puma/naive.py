@@ -38,6 +38,7 @@ class NaiveInfluence(PUMA):
     summary = ("approximate: naive influence removal (one whole-network Newton step, "
                "no re-weighting)")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = dict(CURVATURE_CONSTRAINTS)
+    _request_params = PUMA._request_params - {"eta", "sparsity", "pgd_steps", "candidates"}
     reweights = False
 
     def __init__(

@@ -189,6 +189,11 @@ class PUMA(UnlearningStrategy):
 
     name = "puma"
     guarantee = "approximate"
+    #: act only when a request is computed (the fit and its cache do not depend on them):
+    #: expunge.open may change them; each forget records the values it used
+    _request_params = frozenset({"eta", "sparsity", "pgd_steps", "candidates", "newton_steps",
+                                 "class_newton_steps", "refresh_after", "patch_hessian",
+                                 "tol", "max_iter", "lissa_depth", "lissa_batch"})
     summary = ("approximate: whole-network influence patch with re-weighting that keeps a "
                "validation criterion unchanged (PUMA)")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
@@ -360,9 +365,10 @@ class PUMA(UnlearningStrategy):
         return np.sort(data.ids[keyed_subset(int(self.seed), VALIDATION_KEY, data.ids,
                                              float(self.val_fraction))])
 
-    def fit(self, dataset: IndexedDataset) -> PUMA:
+    def fit(self, dataset: IndexedDataset, *, timeout: float | None = None) -> PUMA:
         """Train on ``dataset`` (with ``validation``'s samples as the criterion set, if
-        given) and build the cache; see the class docstring. Returns ``self``."""
+        given) and build the cache; see the class docstring. ``timeout``: as for every
+        strategy (waiting for the store's write lock). Returns ``self``."""
         self._validate_params()
         if _is_dataset_record(self.validation):
             raise InvalidParameterError(
@@ -385,7 +391,7 @@ class PUMA(UnlearningStrategy):
                 IndexedDataset(dataset.X, dataset.y, dataset.ids, n_classes=n_classes),
                 IndexedDataset(explicit.X, explicit.y, explicit.ids, n_classes=n_classes),
             ])
-        super().fit(dataset)
+        super().fit(dataset, timeout=timeout)
         return self
 
     def _check_dataset(self, dataset: IndexedDataset) -> None:
@@ -536,9 +542,9 @@ class PUMA(UnlearningStrategy):
         What a request does when ``refresh_after`` is reached, on demand (say, off-peak):
         every bucket's sums are recomputed (no drift left), the curvature sample is
         re-drawn for the current training split, and the damping is re-chosen. The new
-        cache is written to the store at once and becomes the stored state with the next
-        request (a store reopened before then uses the previous cache, which is complete
-        and carries no forgotten sample either). The model does not change.
+        cache is written to the store with the next request's commit (a store reopened
+        before then uses the previous cache, which is complete and carries no forgotten
+        sample either). The model does not change.
 
         Returns:
             The seconds of each part and the damping chosen.
@@ -552,10 +558,9 @@ class PUMA(UnlearningStrategy):
             cache, parts = _request.refresh_cache(self, fitted.module, self.data_,
                                                   fitted.val_ids, fitted.removed_classes,
                                                   fitted.cache.generation, progress)
-        fresh = PumaModel(fitted.module, fitted.val_ids, removed_classes=fitted.removed_classes,
-                          cache=cache, sample_passes=fitted.sample_passes, info=fitted.info)
-        fresh.write(self.store_)
-        self.fitted_ = fresh
+        self.fitted_ = PumaModel(fitted.module, fitted.val_ids,
+                                 removed_classes=fitted.removed_classes, cache=cache,
+                                 sample_passes=fitted.sample_passes, info=fitted.info)
         return {"seconds": time.perf_counter() - started, "parts": parts,
                 "damping": cache.damping}
 

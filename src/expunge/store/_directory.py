@@ -1,0 +1,307 @@
+"""A store directory on disk (layout in :mod:`expunge.store._layout`).
+
+Every OS, SQLite and safetensors error is re-raised as :class:`StoreError` (or
+:class:`StoreIntegrityError` for content that does not match its digest) naming the file
+and the fix. The database runs in WAL mode with ``synchronous=FULL`` and
+``secure_delete=ON`` (deleted ledger pages and old states are zeroed, whatever SQLite's
+build default). A store without write access opens read-only: the ledger, ``verify`` and
+predictions work; requests fail cleanly at the write lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from expunge.exceptions import StoreError, StoreIntegrityError
+from expunge.store import _layout as layout
+from expunge.store._atomic import atomic_write_bytes
+from expunge.store._fs import file_mode, os_errors, sqlite_errors
+from expunge.store._integrity import CHUNK, StoreKey
+from expunge.store._ledger import SCHEMA
+from expunge.store._lock import FileLock
+from expunge.store._store import CACHE_PREFIX, Metadata, Store, Tensors, _prepare
+
+
+def _safetensors_metadata(data: bytes, where: str) -> Metadata:
+    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError("the header is truncated")
+        header = json.loads(data[8:8 + size])
+        metadata = header.get("__metadata__") or {}
+        return {str(k): str(v) for k, v in dict(metadata).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise StoreIntegrityError(
+            f"{where} is not a readable safetensors file ({err}): it is truncated or corrupted."
+        ) from None
+
+
+class DirectoryStore(Store):
+    """A store directory on disk. ``create=True`` makes the folder (``fit``); otherwise it
+    must already hold a manifest (``expunge.open``)."""
+
+    _records_digests = True
+
+    def __init__(self, root: str | Path, *, create: bool) -> None:
+        self._init_blob_access(Path(root))
+        root = self.root
+        if str(root).strip() in ("", "."):
+            raise StoreError(
+                f"store={str(root)!r} is not a store folder: pass a directory path such as "
+                "'runs/sisa' (or store=None to keep everything in memory)."
+            )
+        if root.exists() and not root.is_dir():
+            raise StoreError(
+                f"{str(root)!r} is a file, not a store folder. Choose a directory path (it is "
+                "created if missing)."
+            )
+        if create:
+            with os_errors("create the store folder", root):
+                root.mkdir(parents=True, exist_ok=True)
+        elif not layout.manifest_path(root).is_file():
+            raise StoreError(
+                f"{str(root)!r} is not an expunge store (no {layout.MANIFEST}). "
+                "Create one with fit(..., store=PATH) or `expunge fit --store PATH`."
+            )
+        self.writable = os.access(root, os.W_OK)
+        super().__init__(self._connect(create))
+        self._write_lock = FileLock(root / layout.WRITE_LOCK,
+                                    f"the write lock of store {str(root)!r}", record_holder=True)
+        self._read_lock = FileLock(root / layout.READ_LOCK,
+                                   f"the read lock of store {str(root)!r}")
+
+    def _init_blob_access(self, root: Path) -> None:
+        """The attributes blob reads and writes need (workers set only these)."""
+        self.root = root
+        self.write_hook = None
+        self._known = {}
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        path = layout.database_path(self.root)
+        with sqlite_errors("open the store database", path):
+            if create and not path.exists():
+                # created here, with the umask's mode: SQLite gives its -wal and -shm files
+                # the database file's mode, so a group can share all three
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode()))
+            if self.writable and os.access(path, os.W_OK):
+                connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                connection.execute("PRAGMA secure_delete=ON")
+                connection.execute("PRAGMA busy_timeout=30000")
+                if create:
+                    connection.executescript(SCHEMA)
+            else:
+                connection = self._connect_read_only(path)
+                self.writable = False
+            tables = {row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"ledger", "state"} <= tables:
+                connection.close()
+                raise StoreError(
+                    f"{str(path)!r} is an SQLite database without expunge's tables: this is not "
+                    "an expunge store (or its database was replaced)."
+                )
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(ledger)")}
+            if "state_digest" not in columns:
+                connection.close()
+                raise StoreError(
+                    f"{str(path)!r} holds a ledger of an older store format (no state digests): "
+                    "open it with the expunge version that wrote it, or refit into a new store."
+                )
+        return connection
+
+    @staticmethod
+    def _connect_read_only(path: Path) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(str(path.resolve()))
+        connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # a WAL database in a folder we cannot write to: no -shm to share, so read it as
+            # an immutable file (nobody can be writing through this user anyway)
+            connection.close()
+            connection = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None,
+                                         check_same_thread=False)
+        connection.execute("PRAGMA query_only=ON")
+        return connection
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def describe_file(self, name: str) -> str:
+        if name == "manifest":
+            return str(layout.manifest_path(self.root))
+        return str(layout.blob_path(self.root, name))
+
+    # ------------------------------------------------------------------ key
+    def _load_key(self) -> StoreKey:
+        path = layout.key_path(self.root)
+        if not path.is_file():
+            raise StoreIntegrityError(
+                f"The store key {str(path)!r} is missing: it was deleted or the store was "
+                "copied without it. Restore it (it is as sensitive as the data), or refit."
+            )
+        with os_errors("read the store key", path):
+            secret = path.read_bytes()
+        try:
+            return StoreKey(secret)
+        except ValueError:
+            raise StoreIntegrityError(
+                f"The store key {str(path)!r} is damaged ({len(secret)} bytes, expected 32)."
+            ) from None
+
+    def ensure_key(self) -> None:
+        self._require_write_lock("creating the store key")
+        path = layout.key_path(self.root)
+        if not path.exists():
+            with os_errors("write the store key", path):
+                atomic_write_bytes(path, StoreKey.generate().to_bytes())
+        self._key = None
+
+    # ---------------------------------------------------------------- blobs
+    def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
+                   *, shared: bool = False) -> None:
+        if name.startswith(CACHE_PREFIX) and not self._cache_write_allowed():
+            return
+        if self.write_hook is not None:
+            self.write_hook("write", name)
+        path = layout.blob_path(self.root, name)
+        if path.exists():
+            return
+        data = save_safetensors(_prepare(tensors), metadata=dict(metadata or {}))
+        digest = self.key.digest("blob", data) if self._records_digests else None
+        with os_errors("write", path):
+            atomic_write_bytes(path, data)
+        if digest is not None:
+            self._known[name] = digest
+
+    def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
+        path = layout.blob_path(self.root, name)
+        expected = self._known.get(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            error = StoreIntegrityError if expected is not None else StoreError
+            raise error(
+                f"The store {str(self.root)!r} is missing {path} ({name}); it was deleted "
+                "outside expunge. Restore it from a backup, or refit into a new store."
+            ) from None
+        except OSError as err:
+            with os_errors("read", path):
+                raise err
+        if self._records_digests:
+            digest = self.key.digest("blob", data)
+            if expected is not None and digest != expected:
+                raise StoreIntegrityError(
+                    f"{path} does not match the digest committed for it: it was modified, "
+                    "truncated or replaced outside expunge, so nothing is trained from it. "
+                    "Restore it from a backup, or refit into a new store."
+                )
+            self._known[name] = digest
+        metadata = _safetensors_metadata(data, str(path))
+        try:
+            tensors = load_safetensors(data)
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise StoreIntegrityError(
+                f"{path} is not a readable safetensors file ({err}): it is truncated or "
+                "corrupted."
+            ) from None
+        return tensors, metadata
+
+    def blob_digest(self, name: str) -> str:
+        path = layout.blob_path(self.root, name)
+        h = self.key.hasher("blob")
+        try:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError:
+            raise StoreIntegrityError(
+                f"{path} is missing: it was deleted outside expunge. Restore it from a backup, "
+                "or refit into a new store."
+            ) from None
+        except OSError as err:
+            with os_errors("read", path):
+                raise err
+        return h.hexdigest()
+
+    def has_blob(self, name: str) -> bool:
+        return layout.blob_path(self.root, name).is_file()
+
+    def list_blobs(self) -> set[str]:
+        base = layout.blobs_dir(self.root)
+        if not base.is_dir():
+            return set()
+        return {layout.blob_name(self.root, p) for p in base.rglob("*" + layout.BLOB_SUFFIX)}
+
+    def delete_blob(self, name: str) -> None:
+        if self.write_hook is not None:
+            self.write_hook("delete", name)
+        path = layout.blob_path(self.root, name)
+        with os_errors("delete", path):
+            path.unlink(missing_ok=True)
+            # remove emptied folders so a purged sub-model leaves nothing behind
+            parent = path.parent
+            base = layout.blobs_dir(self.root)
+            while parent != base and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def _remove_temp_files(self) -> None:
+        for folder, pattern in ((layout.blobs_dir(self.root), "*" + layout.TEMP_SUFFIX),
+                                (self.root, ".*" + layout.TEMP_SUFFIX)):
+            if folder.is_dir():
+                for tmp in (folder.rglob(pattern) if folder != self.root
+                            else folder.glob(pattern)):
+                    with os_errors("delete", tmp):
+                        tmp.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------- manifest
+    def _manifest_bytes(self) -> bytes | None:
+        path = layout.manifest_path(self.root)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            with os_errors("read", path):
+                raise err
+        return None  # pragma: no cover
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        data = self._manifest_bytes()
+        if data is None:
+            return None
+        path = layout.manifest_path(self.root)
+        try:
+            manifest = json.loads(data)
+        except ValueError as err:
+            raise StoreError(f"{path} is not a readable manifest ({err}).") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{path} is not a readable manifest (not a JSON object).")
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        path = layout.manifest_path(self.root)
+        with os_errors("write", path):
+            atomic_write_bytes(path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        self._store_id = None
+
+    def manifest_digest(self) -> str | None:
+        data = self._manifest_bytes()
+        return None if data is None else self.key.digest("manifest", data)
