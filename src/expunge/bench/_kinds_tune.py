@@ -124,7 +124,7 @@ def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
                  title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, row in enumerate(rows):
+    for i, row in enumerate(r for r in rows if r["grid"]):
         xs = [100 * p["relative_time"] for p in row["grid"]]
         ys = [100 * p["objective"] for p in row["grid"]]
         ax.scatter(xs, ys, s=10, color=f"C{i % 10}", alpha=0.4)

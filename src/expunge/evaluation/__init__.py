@@ -27,7 +27,7 @@ from expunge.evaluation._distances import (
     parameter_l2,
     prediction_agreement,
 )
-from expunge.evaluation._evaluate import ATTACKS, DEFAULT_ATTACKS, evaluate
+from expunge.evaluation._evaluate import ATTACKS, DEFAULT_ATTACKS, combine_reports, evaluate
 from expunge.evaluation._families.representation import CHECKS, hidden_features
 from expunge.evaluation._features import (
     confidence,
@@ -72,6 +72,7 @@ __all__ = [
     "MetricRow",
     "ShadowModels",
     "best_balanced_accuracy",
+    "combine_reports",
     "confidence",
     "entropy",
     "evaluate",

@@ -42,7 +42,7 @@ from expunge.evaluation._families.across_runs import klom_rows
 from expunge.evaluation._families.membership import THRESHOLD_ATTACKS
 from expunge.evaluation._families.representation import CHECKS
 from expunge.evaluation._reference import copy_with
-from expunge.evaluation._report import EvaluationReport, aggregate_rows
+from expunge.evaluation._report import EvaluationReport, MetricRow, aggregate_rows
 from expunge.evaluation._run import Run, run_once
 from expunge.exceptions import InvalidParameterError, InvalidRequestError
 from expunge.strategies.base import UnlearningStrategy
@@ -190,6 +190,7 @@ def evaluate(
     svc_max_samples: int | None = 5000,
     cache_reference: bool = True,
     cache: EvaluationCache | None = None,
+    shadow_recipe: str = "strategy",
     show_progress: bool = False,
 ) -> EvaluationReport:
     """Measure how well ``strategy`` forgot ``forget_ids``, next to a retrained reference.
@@ -226,6 +227,10 @@ def evaluate(
         cache_reference: store/load ``reference="retrain"`` in the strategy's store.
         cache: an :class:`EvaluationCache` shared with other calls: retrained references
             and shadow models with the same recipe, seed and data are trained once.
+        shadow_recipe: ``"strategy"`` (shadows are copies of the evaluated strategy; for
+            strategies that fit as Retrain does, Retrain) or ``"retrain"`` (Retrain with
+            the shared training parameters for every strategy, so one set of reference
+            models attacks every method; U-LiRA always uses the strategy's own).
         show_progress: progress bars for shadow training.
 
     Returns:
@@ -269,6 +274,9 @@ def evaluate(
         )
     if not isinstance(forget, bool):
         raise InvalidParameterError(f"forget must be True or False; got {forget!r}.")
+    if shadow_recipe not in ("strategy", "retrain"):
+        raise InvalidParameterError(
+            f"shadow_recipe must be 'strategy' or 'retrain'; got {shadow_recipe!r}.")
     if cache is not None and not isinstance(cache, EvaluationCache):
         raise InvalidParameterError(
             f"cache must be an expunge.evaluation.EvaluationCache or None; got "
@@ -290,6 +298,7 @@ def evaluate(
         cache_reference=bool(cache_reference),
         # runs of one evaluation share references and shadows even without a given cache
         cache=cache if cache is not None else (EvaluationCache() if pairs else None),
+        shadow_recipe=shadow_recipe,
     )
     timer = Timer()
     progress = Progress(bool(show_progress))
@@ -309,23 +318,22 @@ def evaluate(
 
 
 # ============================================================================ report
+def _margins_to_json(margins: dict[str, Any]) -> dict[str, Any]:
+    return {split: {k: np.asarray(v).tolist() for k, v in values.items()}
+            for split, values in margins.items()}
+
+
+def _margins_from_json(margins: dict[str, Any]) -> dict[str, Any]:
+    return {split: {k: np.asarray(v, dtype=np.int64 if k == "ids" else np.float64)
+                    for k, v in values.items()} for split, values in margins.items()}
+
+
 def _build_report(strategy: UnlearningStrategy, runs: list[Run], test: IndexedDataset,
                   ids: np.ndarray, options: Options, timer: Timer) -> EvaluationReport:
     import sklearn
 
     first = runs[0]
-    notes = list(dict.fromkeys(n for run in runs for n in run.notes))
-    metrics = aggregate_rows([run.rows for run in runs], groups=[run.seed for run in runs])
-    if "klom" in options.attacks:
-        with timer("klom"):
-            metrics += klom_rows([run.margins for run in runs], notes)
-    if len(runs) > 1:
-        n_train = len({run.seed for run in runs})
-        notes.append(
-            f"intervals: mean ± standard deviation over {len(runs)} runs; 95% CI = "
-            + (f"t-interval over {n_train} training seeds (unlearning seeds averaged within "
-               "each)" if n_train > 1 else "t-interval over the unlearning seeds of one "
-               "training seed (it does not cover training-seed variation)") + ".")
+    metrics, notes = _aggregate(runs, "klom" in options.attacks, timer)
     return EvaluationReport(
         strategy=strategy.name,
         guarantee=strategy.guarantee,
@@ -347,6 +355,8 @@ def _build_report(strategy: UnlearningStrategy, runs: list[Run], test: IndexedDa
             "seed": run.seed, "unlearn_seed": run.unlearn_seed, "status": run.status,
             "fingerprint": run.fingerprint, "forget_report": run.forget_report,
             "reference": run.reference, "metrics": [r.__dict__ for r in run.rows],
+            "notes": run.notes, "n_forget": run.n_forget, "n_retain": run.n_retain,
+            **({"margins": _margins_to_json(run.margins)} if run.margins else {}),
         } for run in runs],
         timings={k: round(v, 6) for k, v in timer.seconds.items()},
         curves=first.curves,
@@ -355,3 +365,70 @@ def _build_report(strategy: UnlearningStrategy, runs: list[Run], test: IndexedDa
                   "scikit-learn": sklearn.__version__},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _aggregate(runs: list[Run], with_klom: bool, timer: Timer
+               ) -> tuple[list[MetricRow], list[str]]:
+    """Rows over runs (mean, std, 95 % CI over training seeds) and the across-run rows."""
+    notes = list(dict.fromkeys(n for run in runs for n in run.notes))
+    metrics = aggregate_rows([run.rows for run in runs], groups=[run.seed for run in runs])
+    if with_klom:
+        with timer("klom"):
+            metrics += klom_rows([run.margins for run in runs], notes)
+    if len(runs) > 1:
+        n_train = len({run.seed for run in runs})
+        notes.append(
+            f"intervals: mean ± standard deviation over {len(runs)} runs; 95% CI = "
+            + (f"t-interval over {n_train} training seeds (unlearning seeds averaged within "
+               "each)" if n_train > 1 else "t-interval over the unlearning seeds of one "
+               "training seed (it does not cover training-seed variation)") + ".")
+    return metrics, notes
+
+
+def combine_reports(reports: Sequence[EvaluationReport]) -> EvaluationReport:
+    """One report from single-run reports of the same strategy and forget set.
+
+    For benchmarks that fit each model once and evaluate it on several forget sets: run
+    :func:`evaluate` once per (training seed, unlearning seed) and combine. Rows get the
+    mean, std and 95 % CI over training seeds as with ``seeds=``; KLoM (when the runs had
+    the ``"klom"`` attack) compares all runs' unlearned models with their references.
+
+    Raises:
+        InvalidParameterError: no reports, or reports of different strategies, forget sets
+            or test sets.
+    """
+    if not reports:
+        raise InvalidParameterError("combine_reports needs at least one report.")
+    first = reports[0]
+    for report in reports[1:]:
+        if (report.strategy, report.forget_ids_sha256, report.n_test) != (
+                first.strategy, first.forget_ids_sha256, first.n_test):
+            raise InvalidParameterError(
+                "combine_reports combines runs of one strategy on one forget set and test "
+                f"set; got {report.strategy!r} (forget ids {report.forget_ids_sha256[:12]}) "
+                f"with {first.strategy!r} (forget ids {first.forget_ids_sha256[:12]})."
+            )
+    runs = [Run(
+        seed=int(r["seed"]), unlearn_seed=r.get("unlearn_seed"), status=r["status"],
+        fingerprint=r["fingerprint"], rows=[MetricRow(**row) for row in r["metrics"]],
+        n_forget=int(r.get("n_forget", first.n_forget)),
+        n_retain=int(r.get("n_retain", first.n_retain)),
+        removed_class=first.removed_class, reference=r.get("reference"),
+        forget_report=r.get("forget_report"), notes=list(r.get("notes", [])),
+        margins=_margins_from_json(r["margins"]) if r.get("margins") else {},
+    ) for report in reports for r in report.runs]
+    timer = Timer()
+    for report in reports:
+        for family, seconds in report.timings.items():
+            timer.seconds[family] = timer.seconds.get(family, 0.0) + seconds
+    metrics, notes = _aggregate(runs, any("klom" in r.attacks for r in reports), timer)
+    return EvaluationReport(**{
+        **{f: getattr(first, f) for f in (
+            "strategy", "guarantee", "params", "fingerprint", "status", "n_forget",
+            "n_retain", "n_test", "forget_ids_sha256", "removed_class", "reference", "attacks",
+            "checks", "curves", "versions")},
+        "seeds": [run.seed for run in runs], "unlearn_seeds": [run.unlearn_seed for run in runs],
+        "metrics": metrics, "runs": [r for report in reports for r in report.runs],
+        "timings": {k: round(v, 6) for k, v in timer.seconds.items()}, "notes": notes,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })

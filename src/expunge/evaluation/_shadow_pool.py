@@ -52,9 +52,10 @@ def fits_like_retrain(strategy: UnlearningStrategy) -> bool:
                                                          False))
 
 
-def fit_identity(strategy: UnlearningStrategy, changes: dict[str, object]) -> str:
+def fit_identity(strategy: UnlearningStrategy, changes: dict[str, object],
+                 as_retrain: bool = False) -> str:
     """What a shadow's fit depends on besides its seed and data (JSON)."""
-    if fits_like_retrain(strategy):
+    if as_retrain or fits_like_retrain(strategy):
         params = {**shared_training_params(strategy), **changes}
         recorded = Retrain(**{**params, "seed": 0})._recorded_params()
         name = "retrain"
@@ -102,7 +103,7 @@ def build_shadow_pool(
     strategy: UnlearningStrategy, pool: IndexedDataset, *, n_shadows: int, seed: int,
     changes: dict[str, object] | None = None, cache: EvaluationCache | None = None,
     progress: Progress = NO_PROGRESS,
-    forget: tuple[np.ndarray, IndexedDataset] | None = None,
+    forget: tuple[np.ndarray, IndexedDataset] | None = None, recipe: str = "strategy",
 ) -> tuple[ShadowPool, np.ndarray | None, float]:
     """Fit (or take from ``cache``) ``n_shadows`` shadows on halves of ``pool``.
 
@@ -113,6 +114,9 @@ def build_shadow_pool(
         forget: ``(forget_ids, targets)`` for U-LiRA: each shadow then forgets the forget
             ids in its half with the strategy's own ``forget`` and ``targets`` are scored
             again. The cache cannot serve these shadows (they are trained here).
+        recipe: ``"strategy"`` (the evaluated strategy's class) or ``"retrain"`` (Retrain
+            with the shared training parameters for every strategy: one set of reference
+            models attacks every method; ignored with ``forget``).
 
     Returns:
         The pool's predictions; for U-LiRA the ``(N, len(targets))`` LiRA scores after
@@ -122,8 +126,8 @@ def build_shadow_pool(
     ids = np.sort(pool.ids)
     ordered = pool.select(ids)
     membership = shadow_membership(ids, n_shadows, seed)
-    use_retrain = fits_like_retrain(strategy) and forget is None
-    identity = fit_identity(strategy, changes)
+    use_retrain = (fits_like_retrain(strategy) or recipe == "retrain") and forget is None
+    identity = fit_identity(strategy, changes, as_retrain=use_retrain)
     p_label = np.empty((n_shadows, ids.size))
     phi = np.empty((n_shadows, ids.size))
     after = None if forget is None else np.empty((n_shadows, len(forget[1])))

@@ -48,6 +48,7 @@ class Options:
     svc_max_samples: int | None
     cache_reference: bool
     cache: EvaluationCache | None = None
+    shadow_recipe: str = "strategy"
 
 
 class Timer:

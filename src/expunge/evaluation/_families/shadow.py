@@ -44,15 +44,17 @@ def shadow_rows(ctx: RunContext) -> None:
         shadows, after, forget_seconds = build_shadow_pool(
             ctx.strategy, pool, n_shadows=ctx.options.shadow_models, seed=ctx.seed,
             changes=changes, cache=None if with_ulira else ctx.options.cache,
-            progress=ctx.progress,
+            progress=ctx.progress, recipe=ctx.options.shadow_recipe,
             forget=(ctx.ids, targets.where(np.arange(len(targets)) < n_f)) if with_ulira
             else None)
     columns = shadows.columns(targets.ids)
     epochs = ("the same epochs" if ctx.options.shadow_epochs is None
               else f"{ctx.options.shadow_epochs} epochs")
+    kind_of = ("retrain" if ctx.options.shadow_recipe == "retrain" and not with_ulira
+               else ctx.strategy.name)
     ctx.notes.append(
-        f"shadow models: {shadows.n_shadows} shadow {ctx.strategy.name} models (Retrain's "
-        f"recipe for strategies that fit like it), each fitted on "
+        f"shadow models: {shadows.n_shadows} shadow {kind_of} models (Retrain's recipe "
+        f"for strategies that fit like it), each fitted on "
         f"~{shadows.shadow_size:.0f} samples "
         f"(half of D_f + D_r + D_te) with {epochs}; fit {shadows.fit_seconds:.1f} s in all"
         + (f" ({shadows.cached} from the evaluation cache)" if shadows.cached else "")
