@@ -120,6 +120,23 @@ def test_ssd_drops_its_fit_time_cache_with_the_first_request(small_digits, tmp_p
     assert second.details["importance_cached"] is False
 
 
+def test_linear_schedule_decays_the_rate_to_zero():
+    from expunge._progress import NO_PROGRESS
+    from expunge.strategies.approximate.baselines._base import descend
+
+    module = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.4)
+    seen = []
+
+    def step(_: int):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return module(torch.ones(1, 2)).sum(), 1
+
+    descend(module, optimizer, 4, step, progress=NO_PROGRESS, description="t",
+            schedule="linear")
+    assert seen == pytest.approx([0.4, 0.3, 0.2, 0.1])
+
+
 # ------------------------------------------------------------------ curvature adapter
 def _tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

@@ -182,6 +182,7 @@ def baselines(ctx: Context) -> dict[str, Any]:
         row["forget_seconds"] = statistics.fmean(seconds[(label, name)])
         row["per_seed_avg_gap"] = [r["avg_gap"].model for r in reps]
         row["guarantee"] = reps[0].guarantee
+        row["timings"] = combined.timings  # seconds per metric family, summed over seeds
         rows.append(row)
     for label in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == label]

@@ -40,7 +40,7 @@ from torch import nn
 
 from expunge._hashing import derive_key, keyed_order, sha256_ids
 from expunge._progress import Progress
-from expunge._validation import Constraint, Interval
+from expunge._validation import Constraint, Interval, Options
 from expunge.data._dataset import IndexedDataset
 from expunge.executors import pinned_threads
 from expunge.models import build_model, seeded_init
@@ -66,6 +66,7 @@ GRADIENT_CONSTRAINTS: dict[str, list[Constraint]] = {
     "unlearn_lr": [Interval(float, 0, None, closed="neither")],
     "unlearn_epochs": [Interval(float, 0, None, closed="neither")],
     "unlearn_momentum": [Interval(float, 0, 1, closed="left")],
+    "unlearn_schedule": [Options(("constant", "linear"))],
 }
 
 
@@ -205,16 +206,23 @@ def descend(
     module: nn.Module, optimizer: torch.optim.Optimizer, n_steps: int,
     step_loss: Callable[[int], tuple[torch.Tensor, int]], *, progress: Progress,
     description: str, after_backward: Callable[[], None] | None = None,
+    schedule: str = "constant",
 ) -> int:
     """Run ``n_steps`` optimizer steps on ``step_loss(step) -> (loss, samples used)``.
 
-    ``after_backward`` may edit the gradients before the step (SalUn's mask). Returns the
+    ``after_backward`` may edit the gradients before the step (SalUn's mask).
+    ``schedule="linear"`` decays every group's learning rate linearly from its initial
+    value to 0 over the steps (step ``t`` uses ``lr * (1 - t / n_steps)``). Returns the
     sample-passes spent (forward + backward per sample).
     """
     module.train()
     task = progress.task(description, n_steps)
     passes = 0
+    initial = [group["lr"] for group in optimizer.param_groups]
     for step in range(n_steps):
+        if schedule == "linear":
+            for group, lr in zip(optimizer.param_groups, initial):
+                group["lr"] = lr * (1.0 - step / n_steps)
         optimizer.zero_grad(set_to_none=True)
         loss, used = step_loss(step)
         loss.backward()
@@ -368,12 +376,23 @@ class GradientPatch(PatchStrategy):
     ``unlearn_epochs`` counts passes over the data the method iterates (the retained data
     for the retain-side methods, the forget set for gradient ascent) and may be fractional:
     ``0.5`` makes half a pass, in keyed order. The optimizer is plain SGD with
-    ``unlearn_momentum`` and the recipe's ``weight_decay``.
+    ``unlearn_momentum`` and the recipe's ``weight_decay``; ``unlearn_schedule="linear"``
+    decays its learning rate linearly to 0 over the request (a large rate first, to leave
+    the memorised minimum, then a small one, to settle on the retained data).
     """
 
     unlearn_lr: float
     unlearn_epochs: float
     unlearn_momentum: float
+    unlearn_schedule: str
+
+    def _descend(self, module: nn.Module, n_steps: int,
+                 step_loss: Callable[[int], tuple[torch.Tensor, int]], request: Request,
+                 description: str, after_backward: Callable[[], None] | None = None) -> int:
+        """:func:`descend` with this method's SGD and learning-rate schedule."""
+        return descend(module, self._sgd(module), n_steps, step_loss,
+                       progress=request.progress, description=description,
+                       after_backward=after_backward, schedule=self.unlearn_schedule)
 
     def _sgd(self, module: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD([p for p in module.parameters() if p.requires_grad],

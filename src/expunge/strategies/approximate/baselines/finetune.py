@@ -13,7 +13,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -53,6 +52,7 @@ class Finetune(GradientPatch):
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.1,
         unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "constant",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())
@@ -66,6 +66,6 @@ class Finetune(GradientPatch):
             batch = stream.next()
             return cross_entropy_loss(module, retained.X[batch], retained.y[batch]), len(batch)
 
-        passes = descend(module, self._sgd(module), n_steps, step, progress=request.progress,
-                         description="finetune")
+        passes = self._descend(module, n_steps, step, request,
+                                 description="finetune")
         return Outcome(passes, len(retained), {"steps": n_steps})

@@ -13,7 +13,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -50,6 +49,7 @@ class GradientAscent(GradientPatch):
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.01,
         unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.0,
+        unlearn_schedule: str = "constant",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())
@@ -63,6 +63,6 @@ class GradientAscent(GradientPatch):
             batch = stream.next()
             return -cross_entropy_loss(module, forget.X[batch], forget.y[batch]), len(batch)
 
-        passes = descend(module, self._sgd(module), n_steps, step, progress=request.progress,
-                         description="gradient ascent")
+        passes = self._descend(module, n_steps, step, request,
+                                 description="gradient ascent")
         return Outcome(passes, len(forget), {"steps": n_steps})

@@ -15,7 +15,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -52,7 +51,8 @@ class L1Sparse(GradientPatch):
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.1,
-        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9, l1_weight: float = 5e-5,
+        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "constant", l1_weight: float = 5e-5,
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())
@@ -71,6 +71,6 @@ class L1Sparse(GradientPatch):
             loss = cross_entropy_loss(module, retained.X[batch], retained.y[batch])
             return loss + gamma * penalty, len(batch)
 
-        passes = descend(module, self._sgd(module), n_steps, step, progress=request.progress,
-                         description="l1-sparse")
+        passes = self._descend(module, n_steps, step, request,
+                                 description="l1-sparse")
         return Outcome(passes, len(retained), {"steps": n_steps})

@@ -13,7 +13,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -49,7 +48,8 @@ class NegGradPlus(GradientPatch):
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.05,
-        unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.9, alpha: float = 0.95,
+        unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "constant", alpha: float = 0.95,
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())
@@ -67,6 +67,6 @@ class NegGradPlus(GradientPatch):
                     - (1 - alpha) * cross_entropy_loss(module, forget.X[f], forget.y[f]))
             return loss, len(r) + len(f)
 
-        passes = descend(module, self._sgd(module), n_steps, step, progress=request.progress,
-                         description="NegGrad+")
+        passes = self._descend(module, n_steps, step, request,
+                                 description="NegGrad+")
         return Outcome(passes, len(retained) + len(forget), {"steps": n_steps})

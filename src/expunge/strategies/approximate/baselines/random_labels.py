@@ -19,7 +19,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -54,8 +53,8 @@ def relabel_steps(strategy: GradientPatch, request: Request,
         batch = stream.next()
         return cross_entropy_loss(module, union.X[batch], union.y[batch]), len(batch)
 
-    passes = descend(module, strategy._sgd(module), n_steps, step, progress=request.progress,
-                     description=description, after_backward=after_backward)
+    passes = strategy._descend(module, n_steps, step, request,
+                                 description=description, after_backward=after_backward)
     return Outcome(passes, len(union), {"steps": n_steps})
 
 
@@ -91,6 +90,7 @@ class RandomLabels(GradientPatch):
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.01,
         unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "constant",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())

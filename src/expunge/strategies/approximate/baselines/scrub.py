@@ -17,7 +17,6 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    descend,
     steps_for,
 )
 from expunge.strategies.registry import register_strategy
@@ -71,7 +70,8 @@ class SCRUB(GradientPatch):
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
         unlearn_seed: int | None = None, unlearn_lr: float = 0.05,
-        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9, max_epochs: int = 1,
+        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "constant", max_epochs: int = 1,
         kd_weight: float = 0.001, temperature: float = 4.0,
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
@@ -109,8 +109,7 @@ class SCRUB(GradientPatch):
             return loss, len(r)
 
         teacher.eval()
-        passes = descend(student, self._sgd(student), len(plan), step,
-                         progress=request.progress, description="SCRUB")
+        passes = self._descend(student, len(plan), step, request, description="SCRUB")
         return Outcome(passes, len(retained) + len(forget), {
             "max_steps": plan.count("max"), "min_steps": plan.count("min")})
 
