@@ -47,7 +47,14 @@ from expunge.models import build_model, seeded_init
 from expunge.store import Store
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
 from expunge.strategies.exact._common import EXECUTOR_PARAMS, TRAINING_CONSTRAINTS
-from expunge.training import EpochKey, TrainConfig, batched_forward, make_optimizer, train_epochs
+from expunge.training import (
+    EpochKey,
+    TrainConfig,
+    batched_forward,
+    cross_entropy_loss,
+    make_optimizer,
+    train_epochs,
+)
 
 #: torch intra-op threads for training and for every request: the exact strategies'
 #: ``threads_per_job`` default, so that fit is Retrain's fit bit for bit and a request's
@@ -401,3 +408,26 @@ class GradientPatch(PatchStrategy):
 
     def _stream(self, data: IndexedDataset, request: Request, purpose: str) -> BatchStream:
         return BatchStream(data.ids, derive_key(request.key, purpose), self.batch_size)
+
+    def _epochs_over(
+        self, data: IndexedDataset, request: Request, purpose: str, description: str, *,
+        sign: float = 1.0, penalty: Callable[[int, int], torch.Tensor] | None = None,
+        after_backward: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """SGD on ``sign * CE`` over ``data`` (``+ penalty(step, n_steps)``) for
+        ``unlearn_epochs`` passes in keyed order: fine-tuning, gradient ascent, l1-sparse
+        and random labels differ only in the data, the sign and the penalty."""
+        module = request.module
+        stream = self._stream(data, request, purpose)
+        n_steps = steps_for(self.unlearn_epochs, len(data), self.batch_size)
+
+        def step(index: int) -> tuple[torch.Tensor, int]:
+            batch = stream.next()
+            loss = sign * cross_entropy_loss(module, data.X[batch], data.y[batch])
+            if penalty is not None:
+                loss = loss + penalty(index, n_steps)
+            return loss, len(batch)
+
+        passes = self._descend(module, n_steps, step, request, description,
+                               after_backward=after_backward)
+        return Outcome(passes, len(data), {"steps": n_steps})

@@ -13,10 +13,8 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    steps_for,
 )
 from expunge.strategies.registry import register_strategy
-from expunge.training import cross_entropy_loss
 
 
 @register_strategy
@@ -58,14 +56,4 @@ class Finetune(GradientPatch):
         self._set_params(locals())
 
     def _unlearn(self, request: Request) -> Outcome:
-        module, retained = request.module, request.retained
-        stream = self._stream(retained, request, "retain")
-        n_steps = steps_for(self.unlearn_epochs, len(retained), self.batch_size)
-
-        def step(_: int) -> tuple[Any, int]:
-            batch = stream.next()
-            return cross_entropy_loss(module, retained.X[batch], retained.y[batch]), len(batch)
-
-        passes = self._descend(module, n_steps, step, request,
-                                 description="finetune")
-        return Outcome(passes, len(retained), {"steps": n_steps})
+        return self._epochs_over(request.retained, request, "retain", "finetune")

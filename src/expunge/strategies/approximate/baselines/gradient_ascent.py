@@ -13,10 +13,8 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    steps_for,
 )
 from expunge.strategies.registry import register_strategy
-from expunge.training import cross_entropy_loss
 
 
 @register_strategy
@@ -55,14 +53,5 @@ class GradientAscent(GradientPatch):
         self._set_params(locals())
 
     def _unlearn(self, request: Request) -> Outcome:
-        module, forget = request.module, request.forget
-        stream = self._stream(forget, request, "forget")
-        n_steps = steps_for(self.unlearn_epochs, len(forget), self.batch_size)
-
-        def step(_: int) -> tuple[Any, int]:
-            batch = stream.next()
-            return -cross_entropy_loss(module, forget.X[batch], forget.y[batch]), len(batch)
-
-        passes = self._descend(module, n_steps, step, request,
-                                 description="gradient ascent")
-        return Outcome(passes, len(forget), {"steps": n_steps})
+        return self._epochs_over(request.forget, request, "forget", "gradient ascent",
+                                 sign=-1.0)

@@ -15,10 +15,8 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    steps_for,
 )
 from expunge.strategies.registry import register_strategy
-from expunge.training import cross_entropy_loss
 
 
 @register_strategy
@@ -58,19 +56,12 @@ class L1Sparse(GradientPatch):
         self._set_params(locals())
 
     def _unlearn(self, request: Request) -> Outcome:
-        module, retained = request.module, request.retained
-        stream = self._stream(retained, request, "retain")
-        n_steps = steps_for(self.unlearn_epochs, len(retained), self.batch_size)
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = [p for p in request.module.parameters() if p.requires_grad]
         weight = float(self.l1_weight)
 
-        def step(index: int) -> tuple[Any, int]:
-            batch = stream.next()
-            gamma = weight * (1.0 - index / n_steps)
-            penalty = torch.stack([p.abs().sum() for p in params]).sum()
-            loss = cross_entropy_loss(module, retained.X[batch], retained.y[batch])
-            return loss + gamma * penalty, len(batch)
+        def penalty(index: int, n_steps: int) -> torch.Tensor:
+            gamma = weight * (1.0 - index / n_steps)  # linear decay to 0
+            return gamma * torch.stack([p.abs().sum() for p in params]).sum()
 
-        passes = self._descend(module, n_steps, step, request,
-                                 description="l1-sparse")
-        return Outcome(passes, len(retained), {"steps": n_steps})
+        return self._epochs_over(request.retained, request, "retain", "l1-sparse",
+                                 penalty=penalty)

@@ -19,10 +19,8 @@ from expunge.strategies.approximate.baselines._base import (
     GradientPatch,
     Outcome,
     Request,
-    steps_for,
 )
 from expunge.strategies.registry import register_strategy
-from expunge.training import cross_entropy_loss
 
 
 def random_wrong_labels(forget: IndexedDataset, n_classes: int, key: int) -> torch.Tensor:
@@ -43,19 +41,11 @@ def relabel_steps(strategy: GradientPatch, request: Request,
     """SGD on the union of ``D_f`` (random wrong labels) and ``D_r`` (true labels), in
     keyed order, for ``unlearn_epochs`` passes over the union: the forget samples weigh in
     proportion to their number, as in SalUn's ``RL.py`` (``ConcatDataset`` of both)."""
-    module, retained, forget = request.module, request.retained, request.forget
+    forget = request.forget
     wrong = random_wrong_labels(forget, request.before.n_classes, request.key)
-    union = IndexedDataset.concat([forget.with_labels(wrong), retained])
-    stream = strategy._stream(union, request, "union")
-    n_steps = steps_for(strategy.unlearn_epochs, len(union), strategy.batch_size)
-
-    def step(_: int) -> tuple[Any, int]:
-        batch = stream.next()
-        return cross_entropy_loss(module, union.X[batch], union.y[batch]), len(batch)
-
-    passes = strategy._descend(module, n_steps, step, request,
-                                 description=description, after_backward=after_backward)
-    return Outcome(passes, len(union), {"steps": n_steps})
+    union = IndexedDataset.concat([forget.with_labels(wrong), request.retained])
+    return strategy._epochs_over(union, request, "union", description,
+                                 after_backward=after_backward)
 
 
 @register_strategy
