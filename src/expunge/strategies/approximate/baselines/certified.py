@@ -156,7 +156,7 @@ class CertifiedRemoval(PatchStrategy):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, l2: float = 1e-3, sigma: float = 1.0,
+        unlearn_seed: int | None = None, l2: float = 0.1, sigma: float = 10.0,
         epsilon: float = 1.0, delta: float = 1e-4, on_budget: str = "retrain",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:

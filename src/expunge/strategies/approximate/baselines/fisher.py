@@ -65,7 +65,7 @@ class FisherForgetting(PatchStrategy):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, alpha: float = 1e-6, fisher: str = "expected",
+        unlearn_seed: int | None = None, alpha: float = 5e-6, fisher: str = "empirical",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())

@@ -45,7 +45,7 @@ class GradientAscent(GradientPatch):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, unlearn_lr: float = 0.01,
+        unlearn_seed: int | None = None, unlearn_lr: float = 0.15,
         unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.0,
         unlearn_schedule: str = "constant",
         store: str | Path | None = None, show_progress: bool = False,

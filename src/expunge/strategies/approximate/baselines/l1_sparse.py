@@ -48,9 +48,9 @@ class L1Sparse(GradientPatch):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, unlearn_lr: float = 0.1,
-        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9,
-        unlearn_schedule: str = "constant", l1_weight: float = 5e-5,
+        unlearn_seed: int | None = None, unlearn_lr: float = 0.5,
+        unlearn_epochs: float = 4.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "linear", l1_weight: float = 2.5e-4,
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())

@@ -78,9 +78,9 @@ class RandomLabels(GradientPatch):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, unlearn_lr: float = 0.01,
-        unlearn_epochs: float = 1.0, unlearn_momentum: float = 0.9,
-        unlearn_schedule: str = "constant",
+        unlearn_seed: int | None = None, unlearn_lr: float = 0.4,
+        unlearn_epochs: float = 3.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "linear",
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())

@@ -69,9 +69,9 @@ class SCRUB(GradientPatch):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, unlearn_lr: float = 0.05,
-        unlearn_epochs: float = 2.0, unlearn_momentum: float = 0.9,
-        unlearn_schedule: str = "constant", max_epochs: int = 1,
+        unlearn_seed: int | None = None, unlearn_lr: float = 0.3,
+        unlearn_epochs: float = 4.0, unlearn_momentum: float = 0.9,
+        unlearn_schedule: str = "linear", max_epochs: int = 2,
         kd_weight: float = 0.001, temperature: float = 4.0,
         store: str | Path | None = None, show_progress: bool = False,
     ) -> None:

@@ -79,7 +79,7 @@ class SSD(PatchStrategy):
         self, model: ModelSpec = "mlp", *, model_params: dict[str, Any] | None = None,
         epochs: int = 10, batch_size: int = 128, lr: float = 0.05, optimizer: str = "sgd",
         momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-        unlearn_seed: int | None = None, alpha: float = 10.0, dampening: float = 1.0,
+        unlearn_seed: int | None = None, alpha: float = 5.0, dampening: float = 0.5,
         refresh: str = "lazy", store: str | Path | None = None, show_progress: bool = False,
     ) -> None:
         self._set_params(locals())
