@@ -131,6 +131,10 @@ class CertifiedRemoval(PatchStrategy):
     **Parameters that matter:** ``sigma`` (noise: larger = more removals before a
     retrain, less accuracy), ``l2`` (stronger = smaller residuals, less accuracy),
     ``epsilon``/``delta`` (the certificate asked for).
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): l2=0.1, sigma=10 (6.0 points), epsilon=1, delta=1e-4. Re-
+    tune for another recipe with ``expunge tune``.
     """
 
     name = "certified"

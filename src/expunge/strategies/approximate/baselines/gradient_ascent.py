@@ -34,6 +34,11 @@ class GradientAscent(GradientPatch):
     **Guarantee:** approximate. **Cost per request:** ``unlearn_epochs * |D_f|``
     sample-passes, independent of ``|D_r|``: the cheapest gradient method.
     **Parameters that matter:** ``unlearn_lr`` x ``unlearn_epochs`` (the total ascent).
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): unlearn_lr=0.15, one epoch, no momentum (12.7 points: no
+    setting forgets the memorised set without collapsing a class). Re-tune for another
+    recipe with ``expunge tune``.
     """
 
     name = "gradient_ascent"

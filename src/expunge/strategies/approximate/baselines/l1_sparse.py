@@ -35,6 +35,10 @@ class L1Sparse(GradientPatch):
     (``unlearn_epochs * |D_r|`` sample-passes) plus an L1 norm per step.
     **Parameters that matter:** ``l1_weight`` (how much sparsity), ``unlearn_lr``,
     ``unlearn_epochs``.
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): l1_weight=2.5e-4, unlearn_lr=0.5, unlearn_epochs=4, linear
+    decay (1.5 points). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "l1_sparse"

@@ -34,6 +34,10 @@ class NegGradPlus(GradientPatch):
     batch_size)`` sample-passes: about twice fine-tuning's.
     **Parameters that matter:** ``alpha`` (how hard to push the forget set away),
     ``unlearn_lr``, ``unlearn_epochs``.
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): alpha=0.9, unlearn_lr=0.1, one epoch, linear decay (6.6
+    points). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "neggrad_plus"

@@ -67,6 +67,10 @@ class RandomLabels(GradientPatch):
     score on them (over-forgetting) unless stopped early: tuned, it is one of MU-Bench's
     most effective methods. **Cost per request:** ``unlearn_epochs * |D|`` sample-passes.
     **Parameters that matter:** ``unlearn_lr``, ``unlearn_epochs``.
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): unlearn_lr=0.4, unlearn_epochs=3, linear decay (1.8
+    points). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "random_labels"

@@ -59,6 +59,10 @@ class SalUn(GradientPatch):
     mask, then as :class:`RandomLabels`.
     **Parameters that matter:** ``mask_ratio`` (how much of the network may change),
     ``unlearn_lr``, ``unlearn_epochs``.
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): mask_ratio=0.5, unlearn_lr=0.2, unlearn_epochs=3, constant
+    rate (2.4 points). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "salun"

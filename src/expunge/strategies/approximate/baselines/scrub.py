@@ -51,6 +51,10 @@ class SCRUB(GradientPatch):
     unlearn_epochs * |D_r|`` student passes plus as many teacher forward passes.
     **Parameters that matter:** ``max_epochs`` (how far from the teacher), ``unlearn_lr``,
     ``unlearn_epochs``; ``kd_weight``, ``temperature`` less so.
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): max_epochs=2, unlearn_lr=0.3, unlearn_epochs=4, linear
+    decay (2.8 points). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "scrub"

@@ -61,6 +61,10 @@ class SSD(PatchStrategy):
     2510.26714). **Cost per request:** a pass over ``D_f`` (+ a pass over the training data
     when ``I_D`` is not cached). **Parameters that matter:** ``alpha`` (selection: lower
     dampens more parameters) and ``dampening`` (lambda: lower dampens harder).
+
+    **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
+    "Tuning"; MNIST MLP recipe): alpha=5, dampening=0.5 (6.9 points; the paper's alpha=10,
+    lambda=1 dampen nothing here). Re-tune for another recipe with ``expunge tune``.
     """
 
     name = "ssd"
