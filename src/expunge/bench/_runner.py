@@ -68,7 +68,7 @@ def aggregate(kind: Kind, per_seed: list[list[dict[str, Any]]]) -> list[dict[str
 
 
 def _format(value: Any, fmt: str, std: float | None = None) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if fmt == "s":
         return str(value)
@@ -87,7 +87,9 @@ def markdown_table(kind: Kind, rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        cells = [_format(row.get(k, float("nan")), f, row.get(f"{k}_std")) for k, _, f in columns]
+        # a 95 % interval (``<field>_ci``) when the kind computed one, else the std over seeds
+        cells = [_format(row.get(k, float("nan")), f, row.get(f"{k}_ci", row.get(f"{k}_std")))
+                 for k, _, f in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
