@@ -1,8 +1,10 @@
 """Reproduce the papers' experiments from specs in ``benchmarks/specs`` (``expunge bench``)."""
 
-from expunge.bench import (
-           _kinds_methods,  # noqa: F401  (registers the method kinds)
-           _kinds_workload,  # noqa: F401  (registers the workload kind)
+from expunge.bench import (  # noqa: F401  (register kinds)
+    _kinds_e8,
+    _kinds_methods,
+    _kinds_tune,
+    _kinds_workload,
 )
 from expunge.bench._kinds import KINDS
 from expunge.bench._runner import render_results, run_all, run_experiment

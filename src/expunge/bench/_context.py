@@ -24,6 +24,8 @@ class Context:
     scratch: Path
     quick: bool
     log: Any = print
+    #: progress bars for the training the experiment runs (``expunge bench`` without --quiet)
+    show_progress: bool = False
     _data: tuple[IndexedDataset, IndexedDataset] | None = None
     _fitted: dict[str, tuple[Path, float]] = field(default_factory=dict)
 
@@ -36,7 +38,7 @@ class Context:
     def make(self, label: str, store: Path | None = None, **overrides: Any) -> Any:
         """A fresh, unfitted strategy for ``label`` (recipe + its params + the seed)."""
         name, params = self.spec.strategy_params(label, self.seed)
-        params.update(overrides)
+        params = {"show_progress": self.show_progress, **params, **overrides}
         return expunge.get_strategy(name)(**params, store=store)
 
     def fitted_copy(self, label: str, reopen: dict[str, Any] | None = None,

@@ -41,6 +41,41 @@ def _as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def as_subject_array(subjects: ArrayLike, n: int) -> np.ndarray:
+    """Validate subject keys: one per sample, each a non-empty ``str``, an ``int`` or ``None``.
+
+    Ints are turned into their decimal text (``17`` and ``"17"`` name the same subject);
+    ``None`` marks a sample that belongs to no subject. Returns a read-only object array.
+    """
+    if isinstance(subjects, (str, bytes)):
+        raise DatasetError(
+            "subjects must be one key per sample (a list of strings); got a single string."
+        )
+    try:
+        items = list(subjects)
+    except TypeError:
+        raise DatasetError(
+            f"subjects must be a sequence of keys, one per sample; got {type(subjects).__name__}."
+        ) from None
+    if len(items) != n:
+        raise DatasetError(f"subjects has {len(items)} entries but there are {n} samples.")
+    out = np.empty(n, dtype=object)
+    for position, key in enumerate(items):
+        if key is None:
+            out[position] = None
+        elif isinstance(key, str) and key:
+            out[position] = key
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            out[position] = str(int(key))
+        else:
+            raise DatasetError(
+                f"subject keys must be non-empty strings, ints or None; sample at position "
+                f"{position} has {key!r}. Pass e.g. a user id or an e-mail address."
+            )
+    out.setflags(write=False)
+    return out
+
+
 def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "ids") -> np.ndarray:
     """Validate and convert ids to a 1-D int64 array, refusing anything that is not an integer.
 
@@ -113,6 +148,10 @@ class IndexedDataset:
             floats float32. A ``np.memmap`` stays on disk.
         y: integer class labels in ``0..n_classes-1``.
         ids: unique int64 ids; ``0..n-1`` when omitted.
+        subjects: optional subject key per sample (the person the sample is about: a user
+            id, an e-mail address; ``None`` for none), so that ``forget_subject(key)`` can
+            forget every sample of one person. Keys stay in memory: a store keeps only a
+            keyed hash of them (docs/operations.md).
         n_classes: number of classes; inferred as ``max(y) + 1`` when omitted. Give it when
             a subset may lack the last class, so that models keep their output size.
         transform: how stored inputs become model inputs: ``None`` (``x.to(float32)``),
@@ -124,14 +163,15 @@ class IndexedDataset:
         [0, 2]
     """
 
-    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "transform",
-                 "y")
+    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "subjects",
+                 "transform", "y")
 
     def __init__(
         self,
         X: ArrayLike,
         y: ArrayLike,
         ids: ArrayLike | None = None,
+        subjects: ArrayLike | None = None,
         *,
         n_classes: int | None = None,
         transform: Transform | None = None,
@@ -180,6 +220,9 @@ class IndexedDataset:
         self.ids: np.ndarray = ids_a
         self.ids.setflags(write=False)
         self.n_classes: int = int(n_classes)
+        #: subject key per sample (object array of str or None), or None without subjects
+        self.subjects: np.ndarray | None = (
+            None if subjects is None else as_subject_array(subjects, n))
         self._id_to_position: dict[int, int] | None = None
 
     @classmethod
@@ -189,6 +232,7 @@ class IndexedDataset:
         *,
         ids: ArrayLike | None = None,
         labels: ArrayLike | None = None,
+        subjects: ArrayLike | None = None,
         n_classes: int | None = None,
         transform: Transform | None = None,
     ) -> IndexedDataset:
@@ -202,7 +246,7 @@ class IndexedDataset:
                 An id must keep naming the same sample for the store's whole life.
             labels: the labels, in the dataset's order; when omitted they are read from
                 ``dataset.targets`` if it has them, else from every item once.
-            n_classes, transform: as for the constructor.
+            subjects, n_classes, transform: as for the constructor.
 
         Cost: one ``dataset[i]`` call to find the input shape, plus one per item when the
         labels must be read from the items.
@@ -227,7 +271,7 @@ class IndexedDataset:
                     )
                 label = item[1]
                 labels.append(int(label.item() if hasattr(label, "item") else label))
-        return cls(TorchDatasetSource(dataset, n), labels, ids, n_classes=n_classes,
+        return cls(TorchDatasetSource(dataset, n), labels, ids, subjects, n_classes=n_classes,
                    transform=transform)
 
     # ------------------------------------------------------------------ basics
@@ -251,11 +295,17 @@ class IndexedDataset:
             return self._X[torch.from_numpy(positions)]
         return self._root.gather(positions if self._rows is None else self._rows[positions])
 
-    def inputs(self, positions: np.ndarray | None = None) -> torch.Tensor:
-        """The model's float32 inputs, ``transform(stored rows)``, for ``positions`` (all
-        rows when ``None``). Only the rows asked for are read."""
+    def inputs(self, positions: np.ndarray | torch.Tensor | slice | None = None
+               ) -> torch.Tensor:
+        """The model's float32 inputs, ``transform(stored rows)``, for ``positions`` (an
+        index array or tensor, or a slice; all rows when ``None``). Only the rows asked
+        for are read."""
         if positions is None:
             raw = self._X if self._X is not None else self.gather(np.arange(len(self)))
+        elif isinstance(positions, slice):
+            raw = self.gather(np.arange(len(self))[positions])
+        elif isinstance(positions, torch.Tensor):
+            raw = self.gather(positions.numpy())
         else:
             raw = self.gather(positions)
         return self.transform(raw)
@@ -303,7 +353,8 @@ class IndexedDataset:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a view pickles as its own rows, never as the tensor it was cut from
-        return (_rebuild, (self.X, self.y, self.ids, self.n_classes, self.transform.to_dict()))
+        return (_rebuild, (self.X, self.y, self.ids, self.n_classes, self.transform.to_dict(),
+                           self.subjects))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -363,6 +414,7 @@ class IndexedDataset:
         ids.setflags(write=False)
         subset.ids = ids
         subset.n_classes = self.n_classes
+        subset.subjects = None if self.subjects is None else self.subjects[positions]
         subset._id_to_position = None
         return subset
 
@@ -391,6 +443,13 @@ class IndexedDataset:
         view._X, view.y = self._X, labelled.y
         return view
 
+    def ids_of_subject(self, subject: str | int) -> np.ndarray:
+        """Ids of the samples whose subject key is ``subject`` (empty if none)."""
+        if self.subjects is None:
+            return np.empty(0, dtype=np.int64)
+        key = as_subject_array([subject], 1)[0]
+        return self.ids[self.subjects == key]
+
     def ids_of_class(self, label: int) -> np.ndarray:
         """Ids of the samples labelled ``label``."""
         return self.ids[(self.y == int(label)).numpy()]
@@ -400,6 +459,9 @@ class IndexedDataset:
         """SHA-256 over ids, labels, inputs (with shapes and dtypes), ``n_classes`` and the
         transform. Inputs are hashed in their stored dtype, in chunks (data on disk is read
         once, never held whole). Float32 inputs without a transform hash as they always did.
+
+        Subject keys, when given, are part of it (a store fitted on other subject keys holds
+        other data); a dataset without subjects hashes exactly as before they existed.
         """
         h = hashlib.sha256()
         header = f"n_classes={self.n_classes};X{(len(self), *self.input_shape)}"
@@ -413,6 +475,11 @@ class IndexedDataset:
         for chunk in self.iter_stored(1 << 14):
             array = chunk.numpy()
             h.update(array.astype(array.dtype.newbyteorder("<")).tobytes())
+        if self.subjects is not None:
+            h.update(b"subjects")
+            for key in self.subjects.tolist():
+                text = b"\x00" if key is None else b"s" + key.encode("utf-8")
+                h.update(len(text).to_bytes(8, "little") + text)
         return h.hexdigest()
 
     def class_counts(self) -> list[int]:
@@ -430,10 +497,15 @@ class IndexedDataset:
                 "concat needs datasets with one input transform; got "
                 f"{sorted(map(repr, transforms))}."
             )
+        subjects = None
+        if any(p.subjects is not None for p in parts):
+            subjects = np.concatenate([p.subjects if p.subjects is not None
+                                       else np.full(len(p), None, dtype=object) for p in parts])
         return IndexedDataset(
             torch.cat([p.X for p in parts]),
             torch.cat([p.y for p in parts]),
             np.concatenate([p.ids for p in parts]),
+            subjects,
             n_classes=max(p.n_classes for p in parts),
             transform=parts[0].transform,
         )
@@ -462,6 +534,8 @@ class InputBatches:
 
 
 def _rebuild(X: torch.Tensor, y: torch.Tensor, ids: np.ndarray, n_classes: int,
-             transform: dict[str, Any] | None = None) -> IndexedDataset:
+             transform: dict[str, Any] | None = None,
+             subjects: np.ndarray | None = None) -> IndexedDataset:
     """Unpickle an :class:`IndexedDataset` (validated again, as any new one)."""
-    return IndexedDataset(X, y, ids, n_classes=n_classes, transform=transform_from_dict(transform))
+    return IndexedDataset(X, y, ids, subjects, n_classes=n_classes,
+                          transform=transform_from_dict(transform))
