@@ -5,7 +5,8 @@
 Two measurements on MNIST's 60,000 training images, one torch thread:
 
 * **store size**: Retrain and SISA (``logreg``, 2 epochs, SISA with 5 shards of 2 slices:
-  the data part of a store does not depend on the model) fitted into a directory store on
+  the data part of a store does not depend on the model; ``--store-strategies`` adds
+  ARCANE, with its defaults) fitted into a directory store on
   the uint8 data (``raw=True``) and on the float32 loader, then one single-id and one
   600-id request. The target is
   ``store bytes <= 1.3 x raw bytes of the retained data + checkpoint bytes``; the table
@@ -49,19 +50,23 @@ def _total_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def store_sizes(root: str) -> list[dict[str, Any]]:
-    from expunge import SISA, Retrain
+def store_sizes(root: str, names: list[str]) -> list[dict[str, Any]]:
+    from expunge import ARCANE, SISA, Retrain
     from expunge.data import load_dataset
 
+    classes = {"retrain": Retrain, "sisa": SISA, "arcane": ARCANE}
     rows = []
     for raw in (True, False):
         train, _ = load_dataset("mnist", root, raw=raw)
-        for cls in (Retrain, SISA):
+        for cls in (classes[name] for name in names):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "store"
                 # the smallest recipe SISA accepts with its 5 shards: 2 epochs over 2 slices
-                extra = {"n_slices": 2} if cls is SISA else {}
-                strategy = cls("logreg", epochs=2, store=path, **extra).fit(train)
+                if cls is ARCANE:  # its defaults: Gaussian learner on keyed conv features
+                    strategy = cls(store=path).fit(train)
+                else:
+                    extra = {"n_slices": 2} if cls is SISA else {}
+                    strategy = cls("logreg", epochs=2, store=path, **extra).fit(train)
                 rng = np.random.default_rng(0)
                 for label, n in (("after fit", 0), ("after 1 id", 1), ("after 600 more", 600)):
                     if n:
@@ -70,7 +75,8 @@ def store_sizes(root: str) -> list[dict[str, Any]]:
                     retained_n = len(strategy.training_data)
                     raw_bytes = retained_n * 28 * 28  # uint8 pixels: what the data *is*
                     total = _total_bytes(path)
-                    ckpt = _dir_bytes(path, "ckpt")
+                    # checkpoints and other computed state (ARCANE's per-sample features)
+                    ckpt = _dir_bytes(path, "ckpt") + _dir_bytes(path, "arcane")
                     data = _dir_bytes(path, "data")
                     rows.append({
                         "strategy": cls.name, "inputs": "uint8" if raw else "float32",
@@ -132,25 +138,30 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/data_memory.json")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--skip-store", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--store-strategies", default="retrain,sisa",
+                        help="comma-separated: retrain, sisa, arcane")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.data_root, args.model, args.epochs)))
         return
     torch.set_num_threads(1)
     memory = []
-    for mode in MODES:
+    for mode in () if args.skip_memory else MODES:
         out = subprocess.run(
             [sys.executable, __file__, "--child", mode, "--data-root", args.data_root,
              "--model", args.model, "--epochs", str(args.epochs)],
             check=True, capture_output=True, text=True)
         memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {memory[-1]}", file=sys.stderr, flush=True)
-    sizes = [] if args.skip_store else store_sizes(args.data_root)
+    sizes = [] if args.skip_store else store_sizes(args.data_root,
+                                                   args.store_strategies.split(","))
     bare = {m["mode"].rsplit("-", 1)[1]: m for m in memory if m["mode"].startswith("bare")}
-    print(f"Peak memory, MNIST train (60,000), {args.model}, {args.epochs} epoch(s), batch 128, "
-          "one thread, one fresh process each:\n")
-    print("| configuration | peak RSS MB | above imports MB | x bare loop (same dtype) | "
-          "above imports x bare | seconds |\n|---|---|---|---|---|---|")
+    if memory:
+        print(f"Peak memory, MNIST train (60,000), {args.model}, {args.epochs} epoch(s), "
+              "batch 128, one thread, one fresh process each:\n")
+        print("| configuration | peak RSS MB | above imports MB | x bare loop (same dtype) | "
+              "above imports x bare | seconds |\n|---|---|---|---|---|---|")
     for m in memory:
         ref = bare[m["mode"].rsplit("-", 1)[1]]
         above, ref_above = m["peak_MB"] - m["imports_MB"], ref["peak_MB"] - ref["imports_MB"]
@@ -158,7 +169,8 @@ def main() -> None:
               f"{m['peak_MB'] / ref['peak_MB']:.2f} | {above / ref_above:.2f} | "
               f"{m['seconds']:.1f} |")
     if sizes:
-        print("\nStore size, directory store (logreg, 2 epochs; SISA 5 shards x 2 slices):\n")
+        print("\nStore size, directory store (logreg, 2 epochs; SISA 5 shards x 2 slices; "
+              "ARCANE defaults; checkpoints include ARCANE's feature blobs):\n")
         print("| strategy | inputs | state | retained | raw MB | data blobs MB | checkpoints MB "
               "| store MB | (store - ckpt) / raw |\n|---|---|---|---|---|---|---|---|---|")
         for r in sizes:
