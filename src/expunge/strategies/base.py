@@ -552,6 +552,29 @@ class UnlearningStrategy(ABC):
             return float("nan")
         return float((predictions == labels).double().mean())
 
+    def export(self, path: str | Path | None = None) -> torch.nn.Module:
+        """The fitted model as one plain ``torch.nn.Module`` for serving.
+
+        Its ``forward(x)`` returns exactly :meth:`predict_proba` of ``x`` (a float tensor of
+        the training inputs' shape); ensembles (SISA) export one module aggregating their
+        members. With ``path``, also write it to that folder: ``weights.safetensors`` and
+        ``recipe.json`` (read back with :func:`expunge.export.load_exported`; no pickle).
+        See :mod:`expunge.export`.
+
+        Raises:
+            UnsupportedModelError: the strategy has no single-module form (ARCANE, PUMA).
+        """
+        from expunge.export import save_exported, unsupported
+
+        self._require_fitted("export")
+        make = getattr(self, "_export_module", None)
+        if make is None:
+            raise unsupported(type(self).__name__)
+        module = make()
+        if path is not None:
+            save_exported(module, path, self._export_recipe())
+        return module  # type: ignore[no-any-return]
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) of every learned tensor, in a fixed order."""
         self._require_fitted("fingerprint")
