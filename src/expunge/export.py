@@ -69,7 +69,8 @@ class ExportedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # written out (not via chunked_softmax) so that torch.jit.script compiles it
-        x = x.to(device=self.anchor.device, dtype=torch.float32)
+        anchor: torch.Tensor = self.anchor  # type: ignore[assignment]  # a buffer
+        x = x.to(device=anchor.device, dtype=torch.float32)
         probas: list[torch.Tensor] = []
         for member in self.members:
             outs: list[torch.Tensor] = []

@@ -27,8 +27,24 @@ from expunge.recipe._schedules import SCHEDULES, Schedule, lr_multiplier, progre
 from expunge.recipe._step import RecipeStep
 
 __all__ = [
-    "AUGMENTATIONS", "Augmentation", "DEVICES", "PRECISIONS", "RecipeStep", "SCHEDULES",
-    "Schedule", "autocast_dtype", "check_augmentation_input", "crop_padding", "deterministic",
-    "lr_multiplier", "platform", "progress", "random_crop", "random_flip",
-    "resolve_augmentation", "resolve_device", "resolve_schedule", "sample_keys",
+    "AUGMENTATIONS",
+    "DEVICES",
+    "PRECISIONS",
+    "SCHEDULES",
+    "Augmentation",
+    "RecipeStep",
+    "Schedule",
+    "autocast_dtype",
+    "check_augmentation_input",
+    "crop_padding",
+    "deterministic",
+    "lr_multiplier",
+    "platform",
+    "progress",
+    "random_crop",
+    "random_flip",
+    "resolve_augmentation",
+    "resolve_device",
+    "resolve_schedule",
+    "sample_keys",
 ]

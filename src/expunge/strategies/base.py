@@ -49,6 +49,7 @@ from expunge.exceptions import (
     StoreMismatchError,
     UnknownSampleError,
 )
+from expunge.export import ExportedClassifier
 from expunge.store import CACHE_PREFIX as CACHE_PREFIX  # evaluation and PUMA name caches with it
 from expunge.store import Head, Ledger, LedgerEntry, Store, open_store, verify_store
 from expunge.strategies._checks import (
@@ -564,16 +565,23 @@ class UnlearningStrategy(ABC):
         Raises:
             UnsupportedModelError: the strategy has no single-module form (ARCANE, PUMA).
         """
-        from expunge.export import save_exported, unsupported
+        from expunge.export import save_exported
 
         self._require_fitted("export")
-        make = getattr(self, "_export_module", None)
-        if make is None:
-            raise unsupported(type(self).__name__)
-        module = make()
+        module = self._export_module()
         if path is not None:
             save_exported(module, path, self._export_recipe())
-        return module  # type: ignore[no-any-return]
+        return module
+
+    def _export_module(self) -> ExportedClassifier:
+        """The single-module form of the fitted model (a strategy that has one overrides)."""
+        from expunge.export import unsupported
+
+        raise unsupported(type(self).__name__)
+
+    def _export_recipe(self) -> dict[str, Any]:
+        """What :func:`expunge.export.load_exported` needs to rebuild the members."""
+        return {}
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of every learned tensor, in a fixed order."""

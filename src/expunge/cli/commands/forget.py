@@ -6,8 +6,7 @@ import argparse
 
 from rich.table import Table
 
-import expunge
-from expunge.cli._common import add_timeout_flag, console, parse_ids
+from expunge.cli._common import add_timeout_flag, console, open_store, parse_ids
 
 NAME = "forget"
 HELP = "forget sample ids from a fitted store (one ledger entry per call)"
@@ -23,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ids = parse_ids(args.ids, args.ids_file)
-    strategy = expunge.open(args.store, show_progress=not args.quiet)
+    strategy = open_store(args.store, show_progress=not args.quiet)
     try:
         report = strategy.forget(ids, tag=args.tag, timeout=args.timeout)
     finally:

@@ -56,7 +56,7 @@ from expunge.recipe import (
 from expunge.store import Store
 from expunge.strategies._params import jsonable_param
 from expunge.strategies.base import FittedModel, ForgetStats
-from expunge.strategies.exact.sharded import ShardedStrategy, Submodel
+from expunge.strategies.exact.sharded import ShardedModel, ShardedStrategy, Submodel
 from expunge.training import EpochKey, train_epochs
 
 
@@ -217,7 +217,7 @@ class RecipeStrategy(ShardedStrategy):
     def _forget(
         self, fitted: FittedModel, ids: np.ndarray, retained: IndexedDataset,
         store: Store, progress: Progress,
-    ) -> tuple[FittedModel, ForgetStats]:
+    ) -> tuple[ShardedModel, ForgetStats]:
         recorded = ((store.read_manifest() or {}).get("compute") or {}).get("platform")
         here = self._platform()
         details: dict[str, Any] = {"platform": here}
