@@ -13,7 +13,7 @@ when its members do (the reference models do; tested), and ``torch.onnx.export``
 the same module where the ``onnx`` package is installed (not a dependency; not tested here).
 """
 
-from __future__ import annotations
+# no "from __future__ import annotations": torch.jit.script reads the class annotation below
 
 import json
 from pathlib import Path
@@ -53,6 +53,8 @@ class ExportedClassifier(nn.Module):
             vote: the fraction of members voting for each class).
     """
 
+    anchor: torch.Tensor  # an empty buffer: where inputs go (it follows .to(...))
+
     def __init__(self, members: list[nn.Module], aggregation: str = "mean") -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -63,14 +65,12 @@ class ExportedClassifier(nn.Module):
         self.members = nn.ModuleList(members)
         self.aggregation = aggregation
         self.chunk = CHUNK
-        # which device inputs go to: follows .to(...) like any parameter
         self.register_buffer("anchor", torch.empty(0), persistent=False)
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # written out (not via chunked_softmax) so that torch.jit.script compiles it
-        anchor: torch.Tensor = self.anchor  # type: ignore[assignment]  # a buffer
-        x = x.to(device=anchor.device, dtype=torch.float32)
+        x = x.to(device=self.anchor.device, dtype=torch.float32)
         probas: list[torch.Tensor] = []
         for member in self.members:
             outs: list[torch.Tensor] = []
