@@ -25,7 +25,7 @@ from expunge.exceptions import (
 RECIPE = {"optimizer": "adamw", "lr": 0.01, "weight_decay": 0.01, "lr_schedule": "onecycle",
           "warmup": 0.2, "label_smoothing": 0.05, "max_grad_norm": 1.0, "augment": "crop+flip",
           "precision": "bf16"}
-NAMES = expunge.available_strategies() + ["retrain+recipe", "sisa+recipe"]
+NAMES = [*expunge.available_strategies(), "retrain+recipe", "sisa+recipe"]
 
 
 def make(name: str, **overrides):

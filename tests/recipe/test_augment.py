@@ -66,7 +66,8 @@ def test_callable_gets_one_uint64_key_per_row_and_is_checked(small_digits):
 
     expunge.Retrain("logreg", augment=record, epochs=1, batch_size=64).fit(small_digits)
     assert seen and all(n == k and dtype == np.uint64 for n, dtype, k in seen)
-    with pytest.raises(InvalidParameterError, match=r"returned \(1, 1, 8, 8\).*one row per input row"):
+    with pytest.raises(InvalidParameterError,
+                       match=r"returned \(1, 1, 8, 8\).*one row per input row"):
         expunge.Retrain("logreg", augment=lambda x, k: x[:1], epochs=1).fit(small_digits)
 
 

@@ -86,7 +86,7 @@ def test_export_scripts_and_traces(digits):
 def test_export_of_a_custom_callable_model_needs_it_again(digits, tmp_path, nets):
     train, test = digits
     module_name, _ = nets
-    factory = getattr(__import__(module_name), "make_net")
+    factory = __import__(module_name).make_net
     strategy = expunge.Retrain(factory, epochs=1).fit(train)
     strategy.export(tmp_path / "out")
     with pytest.raises(StoreMismatchError, match=r"custom model.*make_net.*model=\.\.\."):
@@ -165,7 +165,7 @@ def test_cli_fits_and_forgets_with_the_users_model(capsys, tmp_path, nets, monke
 
 def test_cli_imports_a_callable_recorded_by_the_python_api(capsys, tmp_path, nets, digits):
     module_name, _ = nets
-    factory = getattr(__import__(module_name), "make_net")
+    factory = __import__(module_name).make_net
     store = tmp_path / "s"
     expunge.Retrain(factory, epochs=1, store=store).fit(digits[0]).close()
     code, out, err = run(capsys, "forget", "--store", str(store), "--ids", "4")
