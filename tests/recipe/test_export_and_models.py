@@ -150,8 +150,13 @@ def test_cli_fits_and_forgets_with_the_users_model(capsys, tmp_path, nets, monke
     store = str(tmp_path / "s")
     code, _, err = run(capsys, "fit", "--strategy", "sisa", "--store", store, "--model",
                        f"{module_name}:make_net", "--n-shards", "2", "--n-slices", "2",
-                       "--epochs", "2", "--lr-schedule", "cosine", "--quiet")
+                       "--epochs", "2", "--lr-schedule", "cosine", "--augment", "crop+flip",
+                       "--loss", f"{module_name}:smooth_loss", "--max-grad-norm", "2",
+                       "--quiet")
     assert code == 0, err
+    recorded = json.loads((tmp_path / "s" / "manifest.json").read_text())["params"]
+    assert (recorded["augment"], recorded["max_grad_norm"]) == ("crop+flip", 2.0)
+    assert recorded["loss"] == f"{module_name}:smooth_loss"
     code, out, err = run(capsys, "forget", "--store", store, "--ids", "1,2")
     assert code == 0 and "request #2" in out, err
     # elsewhere, without the module: a clear one-line error, exit code 2

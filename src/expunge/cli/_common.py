@@ -122,6 +122,8 @@ def _flag_type(annotation: Any, default: Any) -> Any:
     for name, kind in (("int", int), ("float", float), ("str", str)):
         if name in text and "Callable" not in text and "dict" not in text:
             return kind
+    if "str" in text and "dict" not in text:
+        return str  # a name or a callable: the flag takes the name or an import string
     return None
 
 
