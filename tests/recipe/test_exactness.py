@@ -105,3 +105,15 @@ def test_a_request_in_a_late_slice_keeps_the_early_slices_checkpoints(small_digi
     assert list(report.details["from_block"].values()) == [2]
     kept = {b for b in before & after if b.startswith("ckpt/")}
     assert len(kept) == 2 * 3 - 1  # every checkpoint but the last slice of the one shard
+
+
+def test_a_process_pool_computes_the_same_bits_with_the_recipe(small_digits):
+    """Workers train blocks with the recipe's hooks too (module-level callables pickle)."""
+    options = {**OPTIONS["combined"], "augment": keyed_noise, "lr_schedule": half_then_quarter}
+    serial = make("sisa", options).fit(small_digits)
+    pooled = make("sisa", {**options, "executor": "process", "n_jobs": 2}).fit(small_digits)
+    assert pooled.fingerprint() == serial.fingerprint()
+    request = requests_for("sisa", small_digits)[0]
+    serial.forget(request)
+    pooled.forget(request)
+    assert pooled.fingerprint() == serial.fingerprint()
