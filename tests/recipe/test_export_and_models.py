@@ -137,6 +137,15 @@ def test_unimportable_model_fails_before_anything_is_written(spec, message, smal
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("name", expunge.available_strategies())
+def test_every_strategy_checks_a_model_import_string_first(name, small_digits, tmp_path):
+    cls = expunge.get_strategy(name)
+    with pytest.raises(UnknownModelError, match="Cannot import model='no_such_module_xyz:f'"):
+        cls(**{**cls._test_params(), "model": "no_such_module_xyz:f"},
+            store=tmp_path / "s").fit(small_digits)
+    assert not (tmp_path / "s").exists()
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     out = capsys.readouterr()

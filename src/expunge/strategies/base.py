@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from expunge._imports import import_callable, is_import_string
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
 from expunge.data._dataset import IndexedDataset
@@ -47,6 +48,7 @@ from expunge.exceptions import (
     NotFittedError,
     StoreIntegrityError,
     StoreMismatchError,
+    UnknownModelError,
     UnknownSampleError,
 )
 from expunge.export import ExportedClassifier
@@ -310,6 +312,9 @@ class UnlearningStrategy(ABC):
             ``self``.
         """
         self._validate_params()
+        model = getattr(self, "model", None)
+        if is_import_string(model):  # fail before anything is written, naming the fix
+            import_callable(str(model), "model", UnknownModelError)
         check_store_param(self.store)
         check_training_data(dataset)
         self._check_dataset(dataset)

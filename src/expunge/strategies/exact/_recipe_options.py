@@ -136,7 +136,7 @@ class RecipeStrategy(ShardedStrategy):
         strings import, the device exists, a built-in augmentation fits the inputs), so that
         a bad recipe fails before anything is written."""
         self._validate_params()
-        for name in ("model", "loss", "augment", "lr_schedule"):
+        for name in ("loss", "augment", "lr_schedule"):  # (the model: in the base class)
             self._option(name)
         self._torch_device()
         if isinstance(dataset, IndexedDataset):
