@@ -107,6 +107,7 @@ def test_a_request_in_a_late_slice_keeps_the_early_slices_checkpoints(small_digi
     assert len(kept) == 2 * 3 - 1  # every checkpoint but the last slice of the one shard
 
 
+@pytest.mark.slow  # a process pool starts: ~15-60 s on the shared 2-core machine
 def test_a_process_pool_computes_the_same_bits_with_the_recipe(small_digits):
     """Workers train blocks with the recipe's hooks too (module-level callables pickle)."""
     options = {**OPTIONS["combined"], "augment": keyed_noise, "lr_schedule": half_then_quarter}

@@ -238,7 +238,8 @@ class RecipeStrategy(ShardedStrategy):
         submodels = getattr(fitted, "submodels", [])
         active = [s for s in submodels if s.n_trained > 0] or list(submodels)
         members = [copy.deepcopy(s.module).eval() for s in active]
-        return ExportedClassifier(members, str(getattr(self, "aggregation", "mean")))
+        module = ExportedClassifier(members, str(getattr(self, "aggregation", "mean")))
+        return module.to(self._torch_device())  # inputs go where the members are
 
     def _export_recipe(self) -> dict[str, Any]:
         data = self.training_data
