@@ -168,6 +168,12 @@ def test_cli_fits_and_forgets_with_the_users_model(capsys, tmp_path, nets, monke
     assert recorded["loss"] == f"{module_name}:smooth_loss"
     code, out, err = run(capsys, "forget", "--store", store, "--ids", "1,2")
     assert code == 0 and "request #2" in out, err
+    code, out, err = run(capsys, "export", "--store", store, "--out", str(tmp_path / "serve"))
+    assert code == 0 and "exported to" in out, err
+    strategy = expunge.open(store)
+    test = strategy.training_data.X[:50]
+    assert torch.equal(load_exported(tmp_path / "serve")(test), strategy.predict_proba(test))
+    strategy.close()
     # elsewhere, without the module: a clear one-line error, exit code 2
     sys.modules.pop(module_name, None)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(folder)])
