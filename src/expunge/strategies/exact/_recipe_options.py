@@ -80,12 +80,6 @@ RECIPE_OPTION_CONSTRAINTS: dict[str, list[Constraint]] = {
     "precision": [Options(PRECISIONS)],
 }
 
-#: the options' defaults: a strategy with these trains exactly as before they existed
-RECIPE_DEFAULTS: dict[str, Any] = {
-    "lr_schedule": "constant", "warmup": 0.0, "label_smoothing": 0.0, "loss": None,
-    "max_grad_norm": None, "augment": None, "device": "cpu", "precision": "fp32",
-}
-
 
 class RecipeStrategy(ShardedStrategy):
     """An exact strategy whose sub-models train with the full recipe (Retrain, SISA).
