@@ -8,9 +8,14 @@ on. ``strategy.export(path)`` also writes it to a folder: ``weights.safetensors`
 only; loading never executes code) and ``recipe.json`` (how to rebuild the members);
 :func:`load_exported` reads it back.
 
-The module is a plain ``nn.Module``: ``torch.jit.script`` and ``torch.jit.trace`` accept it
-when its members do (the reference models do; tested), and ``torch.onnx.export`` applies to
-the same module where the ``onnx`` package is installed (not a dependency; not tested here).
+The module is a plain ``nn.Module``. ``torch.jit.script`` compiles it when its members
+script (the reference models do; tested) and keeps the chunk loop, so it serves any batch
+size. ``torch.jit.trace`` (tested) records the loop unrolled for the example's size: a trace
+is exact for batches of at most 4096 rows and would drop rows beyond the first chunk, so
+feed it batches of <= 4096 rows. ``torch.export.export`` specialises the batch size for the
+same reason (tried: it refuses a dynamic batch dimension), and ``torch.onnx.export`` needs
+the ``onnx`` package (not a dependency; not tested here). Torch 2.13 deprecates TorchScript
+in favour of ``torch.export``.
 """
 
 # no "from __future__ import annotations": torch.jit.script reads the class annotation below
