@@ -293,3 +293,16 @@ def test_process_workers_get_the_stored_dtype_and_the_transform(raw_digits, floa
     serial = expunge.SISA(**params).fit(float_digits).fingerprint()
     pool = expunge.SISA(**params, executor="process", n_jobs=2).fit(raw_digits[0])
     assert pool.fingerprint() == serial
+
+
+@pytest.mark.parametrize("transform", [Scale(1 / 16), Normalize([0.0], [16.0])])
+def test_export_takes_the_raw_inputs_predict_proba_takes(transform, raw_digits, tmp_path):
+    from expunge.export import load_exported
+
+    train, test = raw_digits[0].with_transform(transform), raw_digits[1]
+    strategy = expunge.SISA("logreg", n_shards=2, n_slices=1, epochs=1).fit(train)
+    expected = strategy.predict_proba(test.X)
+    module = strategy.export(tmp_path / "out")
+    assert torch.equal(module(test.X), expected)  # uint8 in, the fitted transform inside
+    assert torch.equal(load_exported(tmp_path / "out")(test.X), expected)
+    assert torch.equal(torch.jit.script(module)(test.X), expected)
