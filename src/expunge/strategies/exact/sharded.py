@@ -38,6 +38,7 @@ from torch import nn
 from expunge._hashing import derive_key, sha256_ids
 from expunge._progress import Progress
 from expunge.data._dataset import IndexedDataset
+from expunge.data._transforms import transform_from_dict
 from expunge.exceptions import InvalidParameterError, NondeterminismWarning, StoreError
 from expunge.models import build_model, seeded_init
 from expunge.store import Checkpoint, Store, pack, unpack
@@ -203,7 +204,8 @@ class ShardedStrategy(UnlearningStrategy):
         assert optimizer is not None
         keys = [EpochKey(int(self.seed), submodel, block, e) for e in range(epochs)]
         train_epochs(
-            module, optimizer, data.X, data.y, data.ids, config=self.train_config(), keys=keys,
+            module, optimizer, data.batches(), data.y, data.ids, config=self.train_config(),
+            keys=keys,
             loss_fn=lambda m, x, y: self._loss(submodel, m, x, y),
             on_epoch=lambda: progress.advance(task),
         )
@@ -369,7 +371,7 @@ class ShardedStrategy(UnlearningStrategy):
                 name = checkpoint_blob(k, block - 1, keys[block - 1])
                 start_blobs[name] = store.read_blob(name)
             job = _BlockJob(digest, payload, k, plan, keys, block, data.n_classes,
-                            directory, manifest, start_blobs)
+                            directory, manifest, start_blobs, data.transform.to_dict())
             return _run_block_job, (job, rows[k])
 
         def on_done(k: int, block: int, result: _BlockResult) -> None:
@@ -522,6 +524,7 @@ class _BlockJob:
     store_path: str | None  # a directory store: read and write checkpoints there
     manifest_digest: str  # ... after checking it is the parent's store
     start_blobs: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]  # memory store
+    transform: dict[str, Any] | None = None  # the data's input transform (its record)
 
 
 @dataclass
@@ -551,7 +554,8 @@ def _run_block_job(job: _BlockJob, rows: tuple[Any, Any, np.ndarray]) -> _BlockR
     # no hook can crash the worker by writing into shared memory
     X, y, ids = (np.array(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
                  for a in rows)
-    data = IndexedDataset(X, y, ids, n_classes=job.n_classes)
+    data = IndexedDataset(X, y, ids, n_classes=job.n_classes,
+                          transform=transform_from_dict(job.transform))
     store: Store
     if job.store_path is not None:
         store = WorkerDirectoryStore(job.store_path, job.manifest_digest)
