@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class LossCurvature:
             self._head, self._prefix = head, (prefix + "." if prefix else "")
         self.layout = FlatLayout.of(self.module, names)
         self.theta = self.layout.flatten(dict(self.module.named_parameters())).detach().clone()
-        self._inputs = X
+        self._inputs = X if isinstance(X, torch.Tensor) else _LazyRows(X)
         self._features = scope == "last_layer" and cache_features and self._cache_features(X)
         self.n_rows = int(X.shape[0])
 
@@ -448,3 +448,20 @@ class LossCurvature:
             for name, tensor in self.layout.unflatten(theta).items():
                 params[name].copy_(tensor.to(params[name].dtype))
         return out.eval()
+
+
+class _LazyRows:
+    """Rows of a lazy input view (``IndexedDataset.batches()``: only the rows asked for are
+    gathered and transformed), indexable by the index tensors the operator uses, also
+    inside ``torch.func`` transforms, whose dispatch refuses ``.numpy()`` on any tensor."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.shape = tuple(view.shape)
+
+    def __getitem__(self, rows: Any) -> torch.Tensor:
+        if isinstance(rows, torch.Tensor):
+            with torch._C._DisableFuncTorch():  # a plain index, never differentiated
+                rows = rows.detach().cpu().numpy().copy()
+        out: torch.Tensor = self.view[rows]
+        return out

@@ -58,8 +58,11 @@ class Linearisation:
         (default ``val_ids``) without the ``removed`` classes."""
         self.strategy, self.data = strategy, data
         self.val_ids, self.removed = val_ids, removed
+        # a lazy view: the operator reads only the rows it asks for (a request touches few
+        # rows; materialising every input would make each request O(n))
         self.curv = LossCurvature(
-            module, data.inputs(), data.y, scope=strategy.scope,  # type: ignore[arg-type]
+            module, data.batches(), data.y,  # type: ignore[arg-type]
+            scope=strategy.scope,  # type: ignore[arg-type]
             kind=strategy.hessian,  # type: ignore[arg-type]
             weight_decay=float(strategy.weight_decay),
             damping=0.0 if strategy.uses_kfac_solver else strategy.damping_value(0.0),
