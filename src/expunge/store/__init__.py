@@ -8,6 +8,12 @@ from expunge.store._integrity import StoreKey, verify_store
 from expunge.store._ledger import GENESIS, Ledger, LedgerEntry
 from expunge.store._memory import MemoryStore
 from expunge.store._store import CACHE_PREFIX, Head, Store
+from expunge.store._worker import (
+    BlobAccess,
+    WorkerDirectoryStore,
+    WorkerMemoryStore,
+    manifest_digest_of,
+)
 
 
 def open_store(location: str | Path | None, *, create: bool) -> Store:
@@ -20,6 +26,7 @@ def open_store(location: str | Path | None, *, create: bool) -> Store:
 __all__ = [
     "CACHE_PREFIX",
     "GENESIS",
+    "BlobAccess",
     "Checkpoint",
     "DirectoryStore",
     "Head",
@@ -28,6 +35,9 @@ __all__ = [
     "MemoryStore",
     "Store",
     "StoreKey",
+    "WorkerDirectoryStore",
+    "WorkerMemoryStore",
+    "manifest_digest_of",
     "open_store",
     "pack",
     "unpack",

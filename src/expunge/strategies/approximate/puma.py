@@ -38,9 +38,10 @@ from expunge.exceptions import (
     NotFittedError,
     UnsupportedModelError,
 )
-from expunge.executors import pinned_threads
 from expunge.models import ModelSpec, build_model, seeded_init
 from expunge.store import Store
+from expunge.strategies._params import COMMON_CONSTRAINTS
+from expunge.strategies._recipe import RECIPE_CONSTRAINTS
 from expunge.strategies.approximate._hessian import (
     KFAC,
     CholeskySolver,
@@ -57,9 +58,15 @@ from expunge.strategies.base import (
     ForgetStats,
     UnlearningStrategy,
 )
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.registry import register_strategy
-from expunge.training import EpochKey, TrainConfig, batched_forward, make_optimizer, train_epochs
+from expunge.training import (
+    EpochKey,
+    TrainConfig,
+    batched_forward,
+    make_optimizer,
+    pinned_threads,
+    train_epochs,
+)
 
 #: ``solver="auto"`` factors the curvature densely up to this many parameters in scope
 AUTO_DENSE_LIMIT = 2048
@@ -317,8 +324,7 @@ class PumaModel(FittedModel):
 
 
 # ============================================================================ strategy
-_PUMA_TRAINING = {k: v for k, v in TRAINING_CONSTRAINTS.items()
-                  if k not in ("executor", "n_jobs", "ray_address", "threads_per_job")}
+_PUMA_TRAINING = {**RECIPE_CONSTRAINTS, **COMMON_CONSTRAINTS}
 
 _CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
     "val_fraction": [Interval(float, 0, 1, closed="left")],

@@ -25,13 +25,11 @@ from torch import nn
 from expunge._hashing import derive_key, keyed_hash
 from expunge._progress import Progress
 from expunge._validation import Check, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError
-from expunge.executors import pinned_threads
 from expunge.models import ModelSpec, build_model, seeded_init
 from expunge.store import Store
 from expunge.strategies.base import FittedModel, ForgetStats
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.exact._one_class import (
     EMPTY_SCORE,
     GaussianDensity,
@@ -44,7 +42,7 @@ from expunge.strategies.exact._one_class import (
 from expunge.strategies.exact._selection import FeatureMap, Selection, greedy_logdet, unit_rows
 from expunge.strategies.exact.sharded import BlockPlan, ShardedModel, ShardedStrategy, Submodel
 from expunge.strategies.registry import register_strategy
-from expunge.training import epoch_schedule
+from expunge.training import epoch_schedule, pinned_threads
 
 #: each class's last selection is committed under this prefix, so a reopened store (every
 #: CLI request) reuses it instead of selecting all classes again (~2 s per MNIST class)
@@ -173,7 +171,7 @@ class ARCANE(ShardedStrategy):
     name = "arcane"
     summary = "exact: one one-class sub-model per class on selected data, in checkpointed blocks"
     _parameter_constraints = {
-        **TRAINING_CONSTRAINTS,
+        **ShardedStrategy._parameter_constraints,
         "learner": [Options(("gaussian", "svdd"))],
         "selection": [bool],
         "n_selected": [None, Interval(int, 1, None)],
@@ -385,7 +383,7 @@ class ARCANE(ShardedStrategy):
             features = kept_features  # row-wise features: still exact
         if features is None:
             # pinned like training: the thread count is part of what a kernel computes
-            with pinned_threads(self._threads_per_job()):
+            with pinned_threads(int(self.threads_per_job)):
                 features = unit_rows(self.feature_map().rowwise(data.select(ids).X))
         result = greedy_logdet(
             features, ids, n_select=self.n_selected, threshold=self.selection_threshold,

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.exact.sharded import BlockPlan, ShardedStrategy
 from expunge.strategies.registry import register_strategy
 
@@ -44,7 +43,6 @@ class Retrain(ShardedStrategy):
 
     name = "retrain"
     summary = "exact: retrain one model from scratch on the retained data (the reference)"
-    _parameter_constraints = TRAINING_CONSTRAINTS
 
     def __init__(
         self,
