@@ -161,3 +161,33 @@ def test_exact_strategies_are_history_independent(name, small_digits):
         assert strategy.fingerprint() == twin.fingerprint()
         assert np.array_equal(strategy.predict_proba(small_digits.X).numpy(),
                               twin.predict_proba(small_digits.X).numpy())
+
+
+# ---------------------------------------------------------------------- registry
+def test_register_strategy_refuses_bad_classes_with_expunge_errors():
+    from expunge.exceptions import StrategyRegistrationError
+    from expunge.strategies import Retrain, UnlearningStrategy, register_strategy
+
+    class NoName(Retrain):
+        pass
+
+    class Taken(Retrain):
+        name = "sisa"
+
+    class Abstract(UnlearningStrategy):
+        name = "abstract_one"
+        guarantee = "exact"
+
+    class NoGuarantee(Retrain):
+        name = "no_guarantee"
+        guarantee = "perhaps"  # type: ignore[assignment]
+
+    cases = [(NoName, "needs its own registry name"), (Taken, "'sisa' is already registered"),
+             (Abstract, "does not implement _fit, _forget, _restore"),
+             (NoGuarantee, "'exact' or 'approximate'"), (dict, "subclass of UnlearningStrategy")]
+    before = expunge.available_strategies()
+    for cls, message in cases:
+        with pytest.raises(StrategyRegistrationError, match=message) as caught:
+            register_strategy(cls)
+        assert isinstance(caught.value, ExpungeError)
+        assert expunge.available_strategies() == before  # nothing registered

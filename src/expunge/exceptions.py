@@ -44,6 +44,11 @@ class UnsupportedModelError(ExpungeError, ValueError):
     """A model cannot be used with the data or strategy (wrong input shape, no parameters...)."""
 
 
+class StrategyRegistrationError(ExpungeError, ValueError, TypeError):
+    """A class cannot be registered as a strategy: not a concrete subclass of
+    ``UnlearningStrategy``, without a ``name`` or ``guarantee``, or its name is taken."""
+
+
 class DatasetError(ExpungeError, ValueError):
     """A data file is missing, truncated or malformed, or arrays disagree in length."""
 
