@@ -474,3 +474,79 @@ def test_worker_store_refuses_another_store_and_never_commits(digits, tmp_path):
         WorkerDirectoryStore(tmp_path / "a", "0" * 64)
     with pytest.raises(StoreError, match="not visible from this worker"):
         WorkerDirectoryStore(Path(tmp_path / "missing"), digest)
+
+
+# ------------------------------------------------------------- the path of a request
+#: the engine's and the parallel package's modules: a parallel request crosses each once
+_PATH_MODULES = ("expunge.strategies.exact.sharded", "expunge.strategies.exact._plan",
+                 "expunge.strategies.exact._dispatch", "expunge.strategies.exact._blocks",
+                 "expunge.strategies.exact._model", "expunge.parallel.")
+
+
+def revisits(stack: list[str]) -> list[str]:
+    """Modules of ``_PATH_MODULES`` that a call stack (outermost first) enters twice, with
+    another of them in between (consecutive frames of one module count once)."""
+    tracked = [m for m in stack if m.startswith(_PATH_MODULES)]
+    collapsed = [m for i, m in enumerate(tracked) if i == 0 or tracked[i - 1] != m]
+    return sorted({m for m in collapsed if collapsed.count(m) > 1})
+
+
+def test_revisits_detects_a_round_trip():
+    sharded, schedule = _PATH_MODULES[0], "expunge.parallel._schedule"
+    assert revisits([sharded, sharded, schedule]) == []
+    assert revisits([sharded, schedule, "numpy", sharded]) == [sharded]
+
+
+class _InlineWorkers(parallel.SerialExecutor):
+    """Runs each job through the worker bootstrap, in this process: the call stack then
+    holds both sides of a parallel request, the caller's and the worker's."""
+
+    name = "inline"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(torch.get_num_threads())
+        self.n_jobs = 2
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        from expunge.parallel._worker import run_job
+
+        future: Future[Any] = Future()
+        future.set_result(run_job(self.threads_per_job, (), fn, *args))
+        return future
+
+
+def test_parallel_forget_visits_each_engine_module_once(digits, monkeypatch):
+    """A parallel forget goes down strategy -> engine -> dispatch -> parallel -> worker ->
+    blocks and never back up: no engine or parallel module is entered twice on any call
+    stack (the caller's loop handles results; the scheduler never calls into it)."""
+    import inspect
+
+    from expunge.strategies.exact import _dispatch
+
+    train, _ = digits
+    data = train.select(train.ids[:240])
+    model = expunge.SISA(**{**SMALL, "epochs": 1}, model="logreg", executor="process").fit(data)
+    monkeypatch.setattr(_dispatch, "make_executor", _InlineWorkers)
+    seen: set[str] = set()
+    found: set[tuple[str, ...]] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        name = frame.f_globals.get("__name__", "")
+        if event != "call" or not name.startswith(_PATH_MODULES):
+            return
+        seen.add(name)
+        stack = [f.frame.f_globals.get("__name__", "") for f in inspect.stack(0)[::-1]]
+        bad = revisits(stack)
+        if bad:
+            found.add(tuple(bad))
+
+    request = ids_in_first_slice(model, data)
+    sys.setprofile(profile)
+    try:
+        model.forget(request)
+    finally:
+        sys.setprofile(None)
+    assert model.fitted_.run_stats is not None and model.fitted_.run_stats.executor == "inline"
+    assert {"expunge.strategies.exact._dispatch", "expunge.parallel._schedule",
+            "expunge.parallel._worker", "expunge.strategies.exact._blocks"} <= seen
+    assert found == set()

@@ -8,8 +8,9 @@ only *where* and *when*, so the choice of executor changes how fast, never the b
   every executor, the serial one included (:func:`expunge.training.pinned_threads`);
 * a job is a module-level function and its arguments; values many jobs read travel as a
   :class:`Broadcast` (unpickled once per worker) or through :meth:`Executor.share`;
-* :func:`run_chains` runs chains of jobs (blocks of one sub-model in order, sub-models side
-  by side) and returns its :class:`RunStats`.
+* :class:`ChainRun` (and :func:`run_chains`) runs chains of jobs (blocks of one sub-model in
+  order, sub-models side by side), hands each result back to the caller as it arrives and
+  ends with its :class:`RunStats`.
 
 Executors: ``"serial"`` (jobs one after another in the calling process), ``"process"`` (a
 local pool of ``n_jobs`` workers started through a ``forkserver``, kept warm for later
@@ -25,7 +26,14 @@ from expunge.parallel._base import Executor
 from expunge.parallel._factory import EXECUTORS, make_executor, shutdown
 from expunge.parallel._process import ProcessExecutor, default_start_method
 from expunge.parallel._ray import RAY_INSTALL_HINT, RayExecutor, import_ray
-from expunge.parallel._schedule import Job, RunStats, plan_offsets, run_chains, simulate
+from expunge.parallel._schedule import (
+    ChainRun,
+    Job,
+    RunStats,
+    plan_offsets,
+    run_chains,
+    simulate,
+)
 from expunge.parallel._serial import SerialExecutor
 from expunge.parallel._worker import Broadcast, preload_in_workers
 
@@ -33,6 +41,7 @@ __all__ = [
     "EXECUTORS",
     "RAY_INSTALL_HINT",
     "Broadcast",
+    "ChainRun",
     "Executor",
     "Job",
     "ProcessExecutor",

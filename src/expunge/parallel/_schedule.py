@@ -1,9 +1,10 @@
 """Chains of jobs on an executor: blocks of one chain in order, chains side by side.
 
 A *chain* is a sequence of jobs that must run one after another (the blocks of one
-sub-model); chains are independent. :func:`run_chains` keeps at most ``executor.n_jobs``
-jobs running, never two of one chain at once, and returns what the run looked like
-(:class:`RunStats`) instead of leaving it in a global.
+sub-model); chains are independent. :class:`ChainRun` keeps at most ``executor.n_jobs``
+jobs running, never two of one chain at once, hands each result back to the caller's loop
+as it arrives, and ends with what the run looked like (:class:`RunStats`), instead of
+leaving it in a global.
 
 Which chain goes next: the one with the most remaining cost, plus a per-chain offset chosen
 before the run by simulating the schedule on the jobs' known costs (:func:`plan_offsets`).
@@ -19,12 +20,13 @@ from __future__ import annotations
 import heapq
 import random
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from expunge.parallel._base import Executor
+from expunge.parallel._worker import timed
 
 K = TypeVar("K", bound=Hashable)
 
@@ -74,13 +76,6 @@ class RunStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "utilisation": self.utilisation}
-
-
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
-    """Run ``fn(*args)`` where the job runs; return (seconds, result)."""
-    started = time.perf_counter()
-    result = fn(*args)
-    return time.perf_counter() - started, result
 
 
 def simulate(costs: Mapping[K, Sequence[float]], slots: int,
@@ -143,41 +138,61 @@ def plan_offsets(costs: Mapping[K, Sequence[float]], slots: int
     return best, total / (slots * best_span) if best_span > 0 else 1.0
 
 
-def run_chains(
-    executor: Executor,
-    chains: Mapping[K, Sequence[Job]],
-    on_done: Callable[[K, int, Any], None] | None = None,
-    *,
-    pipeline: bool = False,
-) -> RunStats:
-    """Run every chain's jobs in order, at most ``executor.n_jobs`` at a time.
+class ChainRun(Generic[K]):
+    """A run of chains on an executor: iterate over ``(chain, index, result)`` as jobs finish.
 
-    Args:
-        chains: per chain, its jobs in the order they must run.
-        on_done: ``(chain, index, result)``, called in this process as each job finishes
-            (in completion order; the jobs of one chain in their order).
-        pipeline: call each job with its predecessor's result as one more argument
-            (``None`` for a chain's first job), so a job can start from what the previous
-            one produced without a round trip through the caller.
+    Use it as a context manager, so that nothing still runs when the block is left::
 
-    Returns:
-        The run's :class:`RunStats`.
+        with ChainRun(executor, chains) as run:
+            for chain, index, result in run:
+                ...  # in this process, in completion order (one chain's jobs in order)
+        stats = run.stats
 
-    On the first failure, queued jobs are cancelled, running ones are waited for (so no
-    worker still writes when this returns) and the error is raised.
+    At most ``executor.n_jobs`` jobs run at a time, never two of one chain. With
+    ``pipeline=True`` each job gets its predecessor's result as one more argument (``None``
+    for a chain's first job), so a job can start from what the previous one produced
+    without a round trip through the caller. Results come back to the caller's loop: the
+    scheduler never calls into the caller's code.
+
+    On an error (a job's, raised by the iteration, or the caller's, raised in its loop),
+    queued jobs are cancelled and running ones are waited for before the ``with`` block
+    is left, so no worker still writes when the error propagates (on Ctrl-C it is left at
+    once).
     """
-    started = time.perf_counter()
-    order = list(chains)
-    position = {k: i for i, k in enumerate(order)}
-    offsets, planned = plan_offsets({k: [job.cost for job in chains[k]] for k in order},
-                                    executor.n_jobs)
-    next_index = dict.fromkeys(order, 0)
-    remaining = {k: float(sum(job.cost for job in chains[k])) for k in order}
-    previous: dict[K, Any] = dict.fromkeys(order)
-    running: dict[Future[Any], K] = {}
-    busy: set[K] = set()
-    jobs, job_seconds = 0, 0.0
-    try:
+
+    def __init__(self, executor: Executor, chains: Mapping[K, Sequence[Job]], *,
+                 pipeline: bool = False) -> None:
+        self.executor = executor
+        self.chains = chains
+        self.pipeline = pipeline
+        self.stats: RunStats | None = None
+        self._running: dict[Future[Any], K] = {}
+
+    def __enter__(self) -> ChainRun[K]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: Any) -> None:
+        if error is None:
+            return
+        for future in self._running:
+            future.cancel()
+        pending = [f for f in self._running if not f.done()]
+        if pending and isinstance(error, Exception):  # not on Ctrl-C: return at once
+            wait(pending)
+
+    def __iter__(self) -> Iterator[tuple[K, int, Any]]:
+        executor, chains, running = self.executor, self.chains, self._running
+        started = time.perf_counter()
+        order = list(chains)
+        position = {k: i for i, k in enumerate(order)}
+        offsets, planned = plan_offsets({k: [job.cost for job in chains[k]] for k in order},
+                                        executor.n_jobs)
+        next_index = dict.fromkeys(order, 0)
+        remaining = {k: float(sum(job.cost for job in chains[k])) for k in order}
+        previous: dict[K, Any] = dict.fromkeys(order)
+        busy: set[K] = set()
+        jobs, job_seconds = 0, 0.0
         while True:
             while len(running) < executor.n_jobs:
                 ready = [k for k in order if k not in busy and next_index[k] < len(chains[k])]
@@ -185,16 +200,18 @@ def run_chains(
                     break
                 k = max(ready, key=lambda c: (remaining[c] + offsets[c], -position[c]))
                 job = chains[k][next_index[k]]
-                args = job.args + ((previous[k],) if pipeline else ())
-                running[executor.submit(_timed, job.fn, *args)] = k
+                args = job.args + ((previous[k],) if self.pipeline else ())
+                running[executor.submit(timed, job.fn, *args)] = k
                 busy.add(k)
             if not running:
-                return RunStats(executor.name, executor.n_jobs, jobs,
-                                time.perf_counter() - started, job_seconds, planned)
+                self.stats = RunStats(executor.name, executor.n_jobs, jobs,
+                                      time.perf_counter() - started, job_seconds, planned)
+                return
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: position[running[f]]):
-                k = running.pop(future)
+                k = running[future]
                 seconds, result = future.result()  # raises the job's error or WorkerError
+                del running[future]
                 busy.discard(k)
                 index = next_index[k]
                 remaining[k] -= chains[k][index].cost
@@ -202,12 +219,25 @@ def run_chains(
                 previous[k] = result
                 jobs += 1
                 job_seconds += seconds
-                if on_done is not None:
-                    on_done(k, index, result)
-    except BaseException as error:
-        for future in running:
-            future.cancel()
-        pending = [f for f in running if not f.done()]
-        if pending and isinstance(error, Exception):  # not on Ctrl-C: return at once
-            wait(pending)
-        raise
+                yield k, index, result
+
+
+def run_chains(
+    executor: Executor,
+    chains: Mapping[K, Sequence[Job]],
+    on_done: Callable[[K, int, Any], None] | None = None,
+    *,
+    pipeline: bool = False,
+) -> RunStats:
+    """Run every chain's jobs in order (a :class:`ChainRun`); return its :class:`RunStats`.
+
+    ``on_done(chain, index, result)`` is called in this process as each job finishes. On the
+    first failure, queued jobs are cancelled, running ones are waited for and the error is
+    raised.
+    """
+    with ChainRun(executor, chains, pipeline=pipeline) as run:
+        for k, index, result in run:
+            if on_done is not None:
+                on_done(k, index, result)
+    assert run.stats is not None
+    return run.stats

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import os
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -113,6 +114,13 @@ def run_job(threads: int, preload: Sequence[str], fn: Callable[..., T], *args: A
         torch.set_num_threads(threads)
     prepare(preload)
     return fn(*_resolve(args))
+
+
+def timed(fn: Callable[..., T], *args: Any) -> tuple[float, T]:
+    """Run ``fn(*args)``; return (seconds it took where it ran, its result)."""
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
 
 
 def run_here(threads: int, fn: Callable[..., T], *args: Any) -> T:

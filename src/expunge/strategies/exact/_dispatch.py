@@ -32,19 +32,18 @@ from expunge.exceptions import InvalidParameterError, NondeterminismWarning, Sto
 from expunge.parallel import (
     EXECUTORS,
     Broadcast,
+    ChainRun,
     Executor,
     Job,
     RunStats,
     import_ray,
     make_executor,
     preload_in_workers,
-    run_chains,
 )
 from expunge.store import DirectoryStore, Store, manifest_digest_of
 from expunge.strategies.exact._blocks import (
     BlockHooks,
     BlockJob,
-    BlockResult,
     kernel_platform,
     load_submodel,
     run_block_job,
@@ -142,30 +141,28 @@ def _run_on(executor: Executor, hooks: BlockHooks, build: BuildPlan, data: Index
             for block in range(start, plan.n_blocks)]
     here, warned = kernel_platform(), set()
     setup = 0.0
-
-    def on_done(k: int, index: int, result: BlockResult) -> None:
-        nonlocal setup
-        block = build.starts[k] + index
-        for name, (tensors, metadata) in result.blobs.items():
-            store.write_blob(name, tensors, metadata)
-        name = checkpoint_blob(k, block, build.keys[k][block])
-        if not store.has_blob(name):
-            raise StoreError(
-                f"A worker reported checkpoint {name} but the store {store.location!r} "
-                "does not have it: the store path is not shared with the workers."
-            )
-        setup += result.setup_seconds
-        progress.advance(task, build.plans[k].epochs[block])
-        if result.platform != here and result.platform not in warned:
-            warned.add(result.platform)
-            warnings.warn(
-                f"A worker trained with {result.platform}, this process runs "
-                f"{here}: other kernels may give other bits, so fit and forget are no "
-                "longer bit-for-bit reproducible. Use nodes of one CPU type and one torch "
-                "version (see docs/parallel.md).", NondeterminismWarning, stacklevel=2)
-
-    stats = run_chains(executor, jobs, on_done, pipeline=True)
-    return replace(stats, setup_seconds=setup)
+    with ChainRun(executor, jobs, pipeline=True) as run:
+        for k, index, result in run:
+            block = build.starts[k] + index
+            for name, (tensors, metadata) in result.blobs.items():
+                store.write_blob(name, tensors, metadata)
+            name = checkpoint_blob(k, block, build.keys[k][block])
+            if not store.has_blob(name):
+                raise StoreError(
+                    f"A worker reported checkpoint {name} but the store {store.location!r} "
+                    "does not have it: the store path is not shared with the workers."
+                )
+            setup += result.setup_seconds
+            progress.advance(task, build.plans[k].epochs[block])
+            if result.platform != here and result.platform not in warned:
+                warned.add(result.platform)
+                warnings.warn(
+                    f"A worker trained with {result.platform}, this process runs "
+                    f"{here}: other kernels may give other bits, so fit and forget are no "
+                    "longer bit-for-bit reproducible. Use nodes of one CPU type and one torch "
+                    "version (see docs/parallel.md).", NondeterminismWarning, stacklevel=2)
+    assert run.stats is not None
+    return replace(run.stats, setup_seconds=setup)
 
 
 def worker_payload(hooks: BlockHooks, executor: Executor) -> bytes:
