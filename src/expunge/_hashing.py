@@ -53,6 +53,12 @@ def keyed_uniform(key: int, ids: np.ndarray) -> np.ndarray:
     return (keyed_hash(key, ids) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def keyed_buckets(key: int, ids: np.ndarray, n_buckets: int) -> np.ndarray:
+    """The bucket ``floor(u(id) * n_buckets)`` of each id for a keyed uniform ``u``."""
+    uniform = keyed_uniform(key, np.asarray(ids, dtype=np.int64))
+    return np.floor(uniform * n_buckets).astype(np.int64)
+
+
 def keyed_order(key: int, ids: np.ndarray) -> np.ndarray:
     """Positions that sort ``ids`` by their keyed hash (ties broken by id).
 

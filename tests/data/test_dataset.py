@@ -202,3 +202,30 @@ def test_fingerprint_changes_with_content() -> None:
 
 def test_repr_mentions_size() -> None:
     assert "n=5" in repr(make(5))
+
+
+# ---------------------------------------------------------------------- views
+def test_subsets_gather_their_inputs_only_when_read() -> None:
+    ds = IndexedDataset(np.random.default_rng(0).random((50, 3)), np.arange(50) % 4)
+    sub = ds.drop([3, 7]).where(np.arange(48) % 2 == 0).select([10, 0, 22])
+    assert sub._X is None  # nothing gathered yet
+    assert sub.input_shape == (3,) and len(sub) == 3
+    assert sub.ids.tolist() == [10, 0, 22]
+    eager = ds.X[torch.tensor([10, 0, 22])]
+    assert torch.equal(sub.X, eager)  # the same rows as an eager copy
+    assert torch.equal(sub.y, ds.y[torch.tensor([10, 0, 22])])
+    assert sub.fingerprint() == IndexedDataset(eager, sub.y, sub.ids, n_classes=4).fingerprint()
+    assert sub.X.data_ptr() != ds.X.data_ptr()  # a copy once read, never a view of the parent
+    sub.X.zero_()
+    assert not torch.equal(ds.X[10], torch.zeros(3))  # writing to it leaves the parent alone
+
+
+def test_a_pickled_view_carries_its_own_rows_only() -> None:
+    import pickle
+
+    ds = IndexedDataset(np.zeros((1000, 10)), np.arange(1000) % 3)
+    sub = ds.select([5, 6])
+    restored = pickle.loads(pickle.dumps(sub))
+    assert len(pickle.dumps(sub)) < 10_000  # not the 40 KB of the parent's inputs
+    assert torch.equal(restored.X, sub.X) and restored.ids.tolist() == [5, 6]
+    assert restored.n_classes == 3 and not restored.ids.flags.writeable

@@ -11,16 +11,16 @@ import torch
 import expunge
 from expunge.exceptions import InvalidParameterError, StoreIntegrityError
 from expunge.store import DirectoryStore, unpack
+from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact._one_class import (
     GaussianDensity,
     calibrate,
     calibration_stats,
 )
-from expunge.strategies.exact._selection import FeatureMap
 from expunge.strategies.exact.arcane import ARCANE
 from expunge.strategies.exact.sharded import checkpoint_blob
 
-BASE = dict(n_selected=15, n_blocks=3, feature_dim=16, seed=3)
+BASE = dict(n_selected=15, n_blocks=3, features="projection", feature_dim=16, seed=3)
 SVDD = dict(BASE, learner="svdd", model="logreg", rep_dim=8, epochs=3, batch_size=8, lr=0.05,
             momentum=0.9, weight_decay=1e-4)
 
@@ -140,8 +140,12 @@ def test_unselected_forget_retrains_and_purges_nothing(data, fitted):
     assert report.submodels_retrained == []
     assert report.details["classes_touched"] == [5]
     assert report.details["classes_reselected"] == []
-    # only the old data bucket(s) and class 5's committed selection (its candidates changed)
-    assert all(name.startswith(("data/", "arcane/selection-005-")) for name in report.purged)
+    # only the old data bucket(s) and class 5's committed features and trace (its candidates
+    # changed: the forgotten rows leave them); its picks are the same blob
+    assert report.purged and all(
+        name.startswith(("data/", "arcane/features-005-", "arcane/trace-005-"))
+        for name in report.purged)
+    assert not any(name.startswith("arcane/selection-") for name in report.purged)
     assert strategy.fingerprint() == before
 
 
@@ -175,7 +179,7 @@ def test_selected_forget_retrains_its_class_from_its_block(data, fitted):
 def test_greedy_order_keeps_every_block_before_the_deleted_pick(data):
     params = dict(BASE, order="greedy")
     strategy = ARCANE(**params).fit(data)
-    ranked = strategy._selection_cache[6].selection.ids  # class 6 in greedy order
+    ranked = strategy.fitted_.classes[6].selection.ids  # class 6 in greedy order
     request = [int(ranked[11])]  # rank 11 of 15: block 2 (blocks of 5 by rank)
     report = strategy.forget(request)
     assert report.details["from_block"] == {"6": 2}
@@ -213,7 +217,9 @@ def test_prior_as_callable_mapping_or_array_gives_the_same_model(data, fitted):
     assert layout(by_array, data) == layout(by_fn, data) != layout(fitted(**SVDD), data)
     # SGD sees the blocks in another order; the cumulative Gaussian only sees the final set
     assert by_array.fingerprint() != fitted(**SVDD).fingerprint()
-    assert fitted(**dict(BASE, deletion_prior=values)).fingerprint() == fitted(**BASE).fingerprint()
+    cumulative = dict(BASE, blocks="cumulative")
+    assert fitted(**dict(cumulative, deletion_prior=values)).fingerprint() == \
+        fitted(**cumulative).fingerprint()
 
 
 def _lookup(ids):
@@ -375,8 +381,9 @@ def test_a_reopened_store_reuses_the_committed_selection(data, fitted, tmp_path)
     path = tmp_path / "store"
     ARCANE(**BASE, store=path).fit(data).close()
     reopened = expunge.open(path)
-    assert sorted(reopened.store_.read_state()["model"]["selections"]) == [str(k) for k in
-                                                                         range(10)]
+    classes = reopened.store_.read_state()["model"]["classes"]
+    assert sorted(classes) == [str(k) for k in range(10)]
+    assert all({"selection", "trace", "features"} <= set(c) for c in classes.values())
     unselected = pick(data, lay, selected=False, cls=2, n=2)
     report = reopened.forget(unselected)
     assert report.details["classes_reselected"] == [] and report.sample_passes == 0
@@ -391,11 +398,13 @@ def test_a_reopened_store_reuses_the_committed_selection(data, fitted, tmp_path)
 
 def test_a_changed_selection_blob_is_not_trusted(data, tmp_path):
     """A selection blob replaced under its name no longer matches the digest committed for
-    it: the store refuses to load it (before ARCANE's own check against the name)."""
+    it: the store refuses to read it (before ARCANE's own check against the name). ARCANE
+    reads a class's picks when a request needs them, so the next request is refused and
+    changes nothing; ``verify`` names the blob at once."""
     path = tmp_path / "store"
     ARCANE(**BASE, store=path).fit(data).close()
     reopened = expunge.open(path)
-    name = reopened.store_.read_state()["model"]["selections"]["3"]
+    name = reopened.store_.read_state()["model"]["classes"]["3"]["selection"]
     tensors, metadata = reopened.store_.read_blob(name)
     reopened.close()
     blob = next((path / "blobs").rglob(name.split("/")[-1] + ".safetensors"))
@@ -404,5 +413,11 @@ def test_a_changed_selection_blob_is_not_trusted(data, tmp_path):
     raw.write_blob(name, {"ids": tensors["ids"].flip(0).contiguous(), "gains": tensors["gains"]},
                    metadata)
     raw.close()
+    reopened = expunge.open(path)
+    before = (reopened.fingerprint(), len(reopened.ledger))
     with pytest.raises(StoreIntegrityError, match=f"{name}.*does not match the digest"):
-        expunge.open(path)
+        reopened.verify()
+    with pytest.raises(StoreIntegrityError, match=f"{name}.*does not match the digest"):
+        reopened.forget([int(data.ids_of_class(5)[0])])
+    assert (reopened.fingerprint(), len(reopened.ledger)) == before
+    reopened.close()

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from expunge.exceptions import InvalidParameterError
+from expunge.strategies.exact._features import FeatureMap
 from expunge.strategies.exact._selection import (
-    FeatureMap,
     greedy_logdet,
     logdet_objective,
     unit_rows,
@@ -126,22 +126,8 @@ def test_bad_arguments_are_refused():
         greedy_logdet(features, ids[:-1], n_select=2)
 
 
-def test_feature_map_is_keyed_by_seed_and_independent_of_other_rows():
-    X = torch.rand(50, 1, 8, 8)
-    a = FeatureMap("projection", 16, seed=0)
-    W = a.matrix(64)
-    assert W is not None and W.shape == (64, 16)
-    assert torch.equal(W, FeatureMap("projection", 16, seed=0).matrix(64))
-    assert not torch.equal(W, FeatureMap("projection", 16, seed=1).matrix(64))
-    rows = a.rowwise(X)
-    assert np.allclose(rows, a(X).numpy(), atol=1e-12)
-    # a row's features are bitwise the same whatever other rows are computed with it
-    assert np.array_equal(a.rowwise(X[7:30]), rows[7:30])
-    assert np.array_equal(FeatureMap("pixels").rowwise(X), X.reshape(50, -1).double().numpy())
-
-
 def test_projection_entries_are_standard_normal_over_sqrt_d():
-    W = FeatureMap("projection", 128, seed=3).matrix(784).numpy() * math.sqrt(784)
+    W = FeatureMap("projection", 128, seed=3).matrix(784) * math.sqrt(784)
     assert abs(W.mean()) < 0.01  # 100k entries: standard error 0.003
     assert W.var() == pytest.approx(1.0, rel=0.03)
     assert abs(np.mean(W > 1.0) - 0.1587) < 0.01  # a Gaussian tail, not a uniform one

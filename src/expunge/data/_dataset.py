@@ -2,6 +2,12 @@
 
 An id names a sample for its whole life: in requests, the ledger, reports and partitions.
 ``drop`` and ``select`` return new datasets that keep the ids; nothing is ever renumbered.
+
+Subsets are views until their inputs are needed: ``drop``, ``select`` and ``where`` copy
+the labels and ids (8 bytes a sample) and keep, for the inputs, the root tensor and the
+row positions in it. ``X`` gathers those rows on first access and keeps them. A request
+that forgets one id from a 60,000-image set therefore does not copy the other 59,999
+images, and code that needs a few rows (one class, one storage bucket) gathers only those.
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ class IndexedDataset:
         [0, 2]
     """
 
-    __slots__ = ("X", "_id_to_position", "ids", "n_classes", "y")
+    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "y")
 
     def __init__(
         self,
@@ -151,7 +157,9 @@ class IndexedDataset:
             n_classes = inferred
         elif n_classes < inferred:
             raise DatasetError(f"n_classes={n_classes} but y contains label {inferred - 1}.")
-        self.X: torch.Tensor = X_t
+        self._X: torch.Tensor | None = X_t
+        self._root: torch.Tensor = X_t  # the inputs that subsets gather their rows from
+        self._rows: np.ndarray | None = None  # this dataset's rows of ``_root`` (None: all)
         self.y: torch.Tensor = y_t
         self.ids: np.ndarray = ids_a
         self.ids.setflags(write=False)
@@ -159,6 +167,18 @@ class IndexedDataset:
         self._id_to_position: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ basics
+    @property
+    def X(self) -> torch.Tensor:  # noqa: N802 - the established name of the inputs
+        """The inputs, float32 ``(n, *input_shape)`` (a subset gathers its rows once)."""
+        if self._X is None:
+            assert self._rows is not None
+            self._X = self._root[torch.from_numpy(self._rows)]
+        return self._X
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a view pickles as its own rows, never as the tensor it was cut from
+        return (_rebuild, (self.X, self.y, self.ids, self.n_classes))
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -171,7 +191,7 @@ class IndexedDataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one input (without the sample dimension)."""
-        return tuple(self.X.shape[1:])
+        return tuple(self._root.shape[1:])
 
     def positions(self, ids: ArrayLike) -> np.ndarray:
         """Positions of ``ids`` in this dataset; raises :class:`UnknownSampleError` if absent."""
@@ -200,10 +220,22 @@ class IndexedDataset:
 
     # ------------------------------------------------------------ new datasets
     def _subset(self, positions: np.ndarray) -> IndexedDataset:
-        pos_t = torch.from_numpy(np.asarray(positions, dtype=np.int64))
-        return IndexedDataset(
-            self.X[pos_t], self.y[pos_t], self.ids[positions], n_classes=self.n_classes
-        )
+        """The samples at ``positions`` (a view: inputs are gathered on first access).
+
+        The parts of a valid dataset are valid, so nothing is checked again.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        subset = IndexedDataset.__new__(IndexedDataset)
+        subset._root = self._root
+        subset._rows = positions if self._rows is None else self._rows[positions]
+        subset._X = None
+        subset.y = self.y[torch.from_numpy(positions)]
+        ids = self.ids[positions]
+        ids.setflags(write=False)
+        subset.ids = ids
+        subset.n_classes = self.n_classes
+        subset._id_to_position = None
+        return subset
 
     def drop(self, ids: ArrayLike) -> IndexedDataset:
         """A new dataset without ``ids`` (each must be present); other ids are kept as they are."""
@@ -262,3 +294,8 @@ class IndexedDataset:
             np.concatenate([p.ids for p in parts]),
             n_classes=max(p.n_classes for p in parts),
         )
+
+
+def _rebuild(X: torch.Tensor, y: torch.Tensor, ids: np.ndarray, n_classes: int) -> IndexedDataset:
+    """Unpickle an :class:`IndexedDataset` (validated again, as any new one)."""
+    return IndexedDataset(X, y, ids, n_classes=n_classes)

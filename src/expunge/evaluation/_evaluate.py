@@ -34,7 +34,7 @@ import torch
 from expunge._hashing import derive_key, keyed_order, sha256_ids
 from expunge._progress import Progress
 from expunge._version import __version__
-from expunge.data._dataset import IndexedDataset, as_id_array
+from expunge.data import IndexedDataset, as_id_array
 from expunge.evaluation._distances import (
     js_divergence,
     mean_l1_distance,

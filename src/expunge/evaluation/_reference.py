@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from expunge._hashing import sha256_ids
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, UnsupportedModelError
 from expunge.store import MemoryStore, Store
 from expunge.store import _layout as layout

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from expunge._hashing import derive_key, keyed_uniform, sha256_ids
-from expunge.data._dataset import IndexedDataset
+from expunge._hashing import derive_key, keyed_buckets, sha256_ids
+from expunge.data import IndexedDataset
 from expunge.exceptions import DatasetError, StoreIntegrityError
 from expunge.store import Store
 from expunge.store._integrity import ids_digest
@@ -39,8 +39,7 @@ _BUCKET_KEY = derive_key(0, "stored-data-bucket")
 
 def data_buckets(ids: np.ndarray) -> np.ndarray:
     """The bucket of each id: ``floor(u(id) * DATA_BUCKETS)`` for a keyed uniform ``u``."""
-    uniform = keyed_uniform(_BUCKET_KEY, np.asarray(ids, dtype=np.int64))
-    return np.floor(uniform * DATA_BUCKETS).astype(np.int64)
+    return keyed_buckets(_BUCKET_KEY, ids, DATA_BUCKETS)
 
 
 def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarray,
@@ -62,10 +61,10 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
         name = f"{DATA_BLOB_PREFIX}{b:02d}-" + sha256_ids(
             ids, prefix=f"{dataset_fingerprint}|bucket {b}|")[:24]
         if not store.has_blob(name):
-            index = torch.from_numpy(rows)
+            part = data.where(bucket == b)  # gathers this bucket's rows only
             store.write_blob(
                 name,
-                {"X": data.X[index], "y": data.y[index], "ids": torch.from_numpy(ids),
+                {"X": part.X, "y": part.y, "ids": torch.from_numpy(ids),
                  "positions": torch.from_numpy(np.ascontiguousarray(positions[rows]))},
                 {"n_classes": str(data.n_classes), "bucket": str(b)}, shared=True,
             )

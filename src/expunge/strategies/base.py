@@ -38,7 +38,7 @@ import torch
 
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import (
     AlreadyForgottenError,
     DatasetError,

@@ -31,7 +31,7 @@ from torch import nn
 from expunge._hashing import derive_key, keyed_order, keyed_uniform, sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Check, Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import (
     InvalidParameterError,
     InvalidRequestError,

@@ -7,12 +7,14 @@ at another class. The paper's
 one-class learner was not available (ALGORITHMS.md section 2(f)1); two are offered:
 
 * :class:`GaussianDensity` (``learner="gaussian"``): a Gaussian density on a fixed,
-  data-independent feature map (a random projection keyed by the seed, see
-  :class:`~expunge.strategies.exact._selection.FeatureMap`). Its state is the sufficient
+  data-independent feature map (random convolution features for images, random ReLU
+  features for tabular data, keyed by the seed; see
+  :class:`~expunge.strategies.exact._features.FeatureMap`). Its state is the sufficient
   statistics (count, mean, centred scatter) of the class's selected samples; the covariance
-  is shrunk towards a multiple of the identity (``shrinkage``) because a 128-dimensional
-  covariance from a few hundred samples is noisy. Score: the log-density. No SGD, so
-  ``epochs`` and the optimizer settings do not apply.
+  is shrunk towards a multiple of the identity (``shrinkage``) because a 512-dimensional
+  covariance from a few thousand samples is noisy. Score: the log-density. No SGD, so
+  ``epochs`` and the optimizer settings do not apply. It takes features, not inputs, so
+  that ARCANE can feed it features computed once per sample.
 * :class:`SVDDHead` (``learner="svdd"``): Deep SVDD (Ruff et al., ICML 2018, "one-class
   Deep SVDD"): a network ``ψ`` trained by SGD with the shared loop to pull the class's samples
   towards a fixed centre ``c``; score ``-‖ψ(x) - c‖²``. As the paper prescribes against
@@ -35,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from expunge.strategies.exact._selection import FeatureMap
+from expunge.strategies.exact._features import FeatureMap
 
 #: scores of classes with no training data: never predicted while another class has data
 EMPTY_SCORE = float("-inf")
@@ -45,30 +47,38 @@ EMPTY_SCORE = float("-inf")
 class GaussianDensity(nn.Module):
     """Sufficient statistics of one class on a fixed feature map; scores by log-density.
 
-    The feature map is rebuilt from its seed (a non-persistent buffer), so checkpoints hold
-    only the statistics: ``count``, ``mean`` and the centred ``scatter`` matrix, float64.
+    The feature map is rebuilt from its seed (not a buffer), so checkpoints hold only the
+    statistics: ``count``, ``mean`` and the centred ``scatter`` matrix, float64. The
+    ``*_features`` methods take ``φ(X)`` (float64, one row per sample); the others compute
+    it from inputs with the map (the same bits: the map is row-independent).
     """
 
     count: torch.Tensor
     mean: torch.Tensor
     scatter: torch.Tensor
 
-    def __init__(self, features: FeatureMap, n_inputs: int) -> None:
+    def __init__(self, features: FeatureMap, input_shape: tuple[int, ...] | int) -> None:
         super().__init__()
         self.features = features
-        dim = features.out_dim(n_inputs)
+        shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        dim = features.out_dim(shape)
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("scatter", torch.zeros(dim, dim, dtype=torch.float64))
 
-    @torch.no_grad()
     def fit(self, X: torch.Tensor) -> None:
-        """Replace the statistics by those of ``X`` (two passes: mean, then centred scatter).
+        self.fit_features(self.features(X))
+
+    def merge(self, X: torch.Tensor) -> None:
+        self.merge_features(self.features(X))
+
+    @torch.no_grad()
+    def fit_features(self, phi: torch.Tensor) -> None:
+        """Replace the statistics by those of ``phi`` (two passes: mean, then centred scatter).
 
         Computing from scratch on the block's (cumulative) data makes the final state a
         function of the final training set alone, whatever came before.
         """
-        phi = self.features(X)
         n = phi.shape[0]
         self.count.fill_(float(n))
         if n == 0:
@@ -81,14 +91,13 @@ class GaussianDensity(nn.Module):
         self.scatter.copy_(centred.T @ centred)
 
     @torch.no_grad()
-    def merge(self, X: torch.Tensor) -> None:
-        """Add the samples ``X`` to the statistics (Chan, Golub & LeVeque's pairwise update).
+    def merge_features(self, phi: torch.Tensor) -> None:
+        """Add the samples ``phi`` to the statistics (Chan, Golub & LeVeque's pairwise update).
 
         ``n = n_a + n_b``, ``δ = μ_b - μ_a``, ``μ = μ_a + δ n_b/n``,
         ``S = S_a + S_b + δδᵀ n_a n_b / n``: exact in real arithmetic, so the merged state
         equals the statistics of the union (up to rounding, which is fixed by the block plan).
         """
-        phi = self.features(X)
         n_b = phi.shape[0]
         if n_b == 0:
             return
@@ -119,10 +128,13 @@ class GaussianDensity(nn.Module):
         log_det = 2.0 * torch.log(torch.diagonal(chol)).sum()
         return {"mean": self.mean.clone(), "chol": chol, "log_det": log_det}
 
-    @torch.no_grad()
     def score(self, X: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         """Gaussian log-density of each row of ``X`` (float64), up to the shared constant."""
-        phi = self.features(X)
+        return self.score_features(self.features(X), extras)
+
+    @torch.no_grad()
+    def score_features(self, phi: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-density (up to ``-p/2 log 2π``) of feature rows ``phi``."""
         z = torch.linalg.solve_triangular(extras["chol"], (phi - extras["mean"]).T, upper=False)
         return -0.5 * (z.square().sum(dim=0) + extras["log_det"])
 

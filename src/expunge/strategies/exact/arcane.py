@@ -13,8 +13,8 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,17 @@ from expunge.exceptions import InvalidParameterError
 from expunge.models import ModelSpec, build_model, seeded_init
 from expunge.store import Store
 from expunge.strategies.base import FittedModel, ForgetStats
+from expunge.strategies.exact._arcane_model import ARCANEModel
+from expunge.strategies.exact._class_state import (
+    ClassState,
+    blob_names,
+    ids_digest,
+    read_selection,
+    read_state,
+    selection_features,
+    write_state,
+)
+from expunge.strategies.exact._features import KINDS, FeatureMap, resolve_kind
 from expunge.strategies.exact._one_class import (
     EMPTY_SCORE,
     GaussianDensity,
@@ -39,41 +50,14 @@ from expunge.strategies.exact._one_class import (
     calibration_stats,
     svdd_loss,
 )
-from expunge.strategies.exact._selection import FeatureMap, Selection, greedy_logdet, unit_rows
+from expunge.strategies.exact._prior import DeletionPrior, is_prior, prior_values
+from expunge.strategies.exact._selection import greedy_logdet
 from expunge.strategies.exact.sharded import BlockPlan, ShardedModel, ShardedStrategy, Submodel
 from expunge.strategies.registry import register_strategy
-from expunge.training import epoch_schedule, pinned_threads
+from expunge.training import epoch_schedule
 
-#: each class's last selection is committed under this prefix, so a reopened store (every
-#: CLI request) reuses it instead of selecting all classes again (~2 s per MNIST class)
-SELECTION_BLOB_PREFIX = "arcane/selection-"
-
-#: what ``deletion_prior`` may be (see :class:`ARCANE`)
-DeletionPrior = Callable[[np.ndarray], Any] | Mapping[int, float] | np.ndarray | Sequence[float]
-
-
-def _is_prior(value: Any) -> bool:
-    # torch tensors are refused: the manifest records arrays by digest, tensors it cannot
-    return callable(value) or isinstance(value, (Mapping, np.ndarray, list, tuple))
-
-
-@dataclass
-class _ClassSelection:
-    """The last selection of one class, kept in memory to skip provably unchanged work."""
-
-    key: str
-    candidates: np.ndarray  # sorted ids the selection was computed from
-    features: np.ndarray | None  # their row-wise features (bitwise independent of the other
-    # rows); None when loaded from the store: recomputed only if a reselection needs them
-    selection: Selection
-
-    def digest(self, k: int) -> str:
-        """Names the committed blob; also checks it on load (a changed blob is not reused)."""
-        h = hashlib.sha256(f"{self.key}|class {k}|".encode())
-        for array in (self.candidates, self.selection.ids, self.selection.gains):
-            h.update(np.ascontiguousarray(array).tobytes())
-            h.update(b"|")
-        return h.hexdigest()[:24]
+#: ``shrinkage="auto"``: chosen per feature map on MNIST and UCI Adult (docs/arcane.md)
+AUTO_SHRINKAGE = {"conv": 0.005, "relu": 0.05, "projection": 0.05, "pixels": 0.05}
 
 
 @register_strategy
@@ -85,31 +69,38 @@ class ARCANE(ShardedStrategy):
     1. **Partition by class.** Sub-model ``k`` is a one-class model trained on class-``k``
        samples only, so a deletion touches the sub-model of its class and no other.
        Learners: ``"gaussian"`` (default; a Gaussian density with shrunk covariance on a
-       fixed random projection of the inputs, no SGD) and ``"svdd"`` (a bias-free Deep SVDD
+       fixed, data-independent feature map, no SGD) and ``"svdd"`` (a bias-free Deep SVDD
        network built from ``model`` and trained with the shared SGD loop). Predictions are
        the argmax over classes of calibrated scores; ``predict_proba`` is their softmax at
-       ``temperature``.
+       ``temperature``. The default map for images is random convolution features (32
+       keyed 5×5 filters, ReLU, average pooling onto a 4×4 grid: 512 features), for other
+       inputs random ReLU features (1,024); both are keyed by ``seed``.
     2. **Representative selection by joint entropy** (a reconstruction): greedy
-       log-determinant selection on unit-normalised, data-independent features, size set by
-       an absolute count ``n_selected`` and/or a marginal-gain ``selection_threshold``
-       (nats). Neither rule depends on the class size, so deleting a sample that was never
-       selected leaves the selection bitwise unchanged and **retrains nothing**; deleting a
-       selected one re-runs the selection and retrains from the first block whose content
-       changed. (A count proportional to the class size would re-select on every deletion.)
+       log-determinant selection on unit-normalised, data-independent features (a keyed
+       128-d projection of the model's features), size set by an absolute count
+       ``n_selected`` and/or a marginal-gain ``selection_threshold`` (nats). Neither rule
+       depends on the class size, so deleting a sample that was never selected leaves the
+       selection bitwise unchanged and **retrains nothing**; deleting a selected one
+       resumes the greedy from the unchanged prefix and retrains from the first block whose
+       content changed. The greedy is compiled (numba; a bit-identical numpy fallback).
     3. **Training-state saving.** Each class's selected samples are split into ``n_blocks``
-       blocks of ``ceil(|S_k| / n_blocks)`` samples (the last may be shorter), trained on
-       cumulatively (SISA's slicing and epoch schedule; ``blocks="incremental"`` trains block
-       ``b`` on its own samples, starting from block ``b-1``'s state). A content-addressed
-       checkpoint follows every block; checkpoints that saw a forgotten id are purged.
+       blocks of ``ceil(|S_k| / n_blocks)`` samples (the last may be shorter). With
+       ``blocks="incremental"`` block ``b`` trains on its own samples starting from block
+       ``b-1``'s state; with ``"cumulative"`` on blocks ``0..b`` (SISA's slicing and epoch
+       schedule). ``"auto"``: incremental for the Gaussian (its statistics merge exactly),
+       cumulative for SVDD (SGD forgets). A content-addressed checkpoint follows every
+       block; checkpoints that saw a forgotten id are purged.
     4. **Sorting.** With ``deletion_prior`` (metadata, never the model) samples are ordered
        by prior, likely-deleted last, so their deletions only retrain late blocks; ties, and
-       everything when there is no prior, are ordered by a keyed hash of ``(seed, id)``
-       (``order="hash"``) or by greedy selection rank (``order="greedy"``). A selected
-       deletion re-selects, and the replacements are placed by their own prior, so sorting
-       saves most where nothing is re-selected (``selection=False``, small classes).
+       everything when there is no prior, are ordered by greedy selection rank
+       (``order="greedy"``, the default with selection: deleting the r-th pick keeps every
+       block before its block) or by a keyed hash of ``(seed, id)`` (``order="hash"``, the
+       default without selection).
 
-    Defaults (Gaussian learner, 2,000 selected per class, shrinkage 0.05) were chosen on MNIST;
-    ``docs/arcane.md`` has the numbers and the parts of the design that are reconstructions.
+    Features are computed once per sample (row-independent kernels: the same bits alone or
+    in a batch) and committed with the model with each class's selection trace, so a
+    reopened store forgets as cheaply as the process that fitted it. The resolved
+    ``"auto"`` values are recorded in the store's manifest (``resolved``).
 
     **Guarantee:** exact and history independent in every setting:
     ``ARCANE(**p).fit(D).forget(F)`` equals ``ARCANE(**p).fit(D.drop(F))`` bit for bit on CPU
@@ -118,10 +109,11 @@ class ARCANE(ShardedStrategy):
     the generic machinery retrains every block whose content changed.
 
     **Cost per request:** classes without a forgotten id are untouched. For a class with
-    forgotten ids: if none was selected, nothing is recomputed (cost ~0); otherwise the class
-    is re-selected (``O(n_k·m·p)``, 2-5 s for a 6,000-image MNIST class with m = 2000)
-    and retrained from its first changed block: with cumulative blocks
-    ``Σ_{b≥b*} |S^{1:b}|·e_b`` sample-passes. Storage: ``K·n_blocks`` checkpoints.
+    forgotten ids: if none was selected, nothing is retrained (the class's stored
+    features and trace lose the forgotten rows); otherwise the greedy resumes at the first
+    forgotten pick ``r`` (``O(n_k·(m-r)·p)``: ~0.1-0.3 s for a 6,000-image MNIST class) and
+    the class retrains from its first changed block. Storage: ``K·n_blocks`` checkpoints,
+    2.5 KB of features per sample, a few MB of selection trace per class.
 
     Args:
         model: the SVDD network ``ψ`` (a registered name or a callable, as for
@@ -133,12 +125,14 @@ class ARCANE(ShardedStrategy):
         selection_threshold: stop selecting once the best marginal gain is below this many
             nats (``None``: no threshold). At least one size rule is needed with selection.
         selection_noise: the noise variance ``σ²`` of the log-det objective.
-        features: the data-independent feature map shared by the selection and the
-            Gaussian learner: ``"projection"`` (fixed Gaussian random projection keyed by
-            ``seed``) or ``"pixels"`` (the flattened input).
-        feature_dim: dimension of ``"projection"``.
+        features: the data-independent feature map of the Gaussian learner (the selection
+            uses a 128-d projection of it): ``"auto"`` (``"conv"`` for ``(C, H, W)`` images
+            of at least 8×8, ``"relu"`` otherwise), ``"conv"``, ``"relu"``,
+            ``"projection"`` (a keyed Gaussian random projection) or ``"pixels"``.
+        feature_dim: output dimension of the map (``None``: 512 for conv, 1,024 for relu,
+            128 for projection; conv needs a multiple of 16).
         n_blocks: checkpointed blocks per class.
-        blocks: ``"cumulative"`` (default) or ``"incremental"``.
+        blocks: ``"auto"``, ``"incremental"`` or ``"cumulative"`` (see 3.).
         sorting: order blocks by ``deletion_prior`` (``False`` ignores the prior, for
             ablations).
         deletion_prior: ``None``; a callable ``f(ids) -> values`` (one float per id, the value
@@ -146,10 +140,10 @@ class ARCANE(ShardedStrategy):
             (missing ids get 0); or a 1-D array indexed **by id** (``prior[id]``). Larger
             values mean "more likely to be deleted". It must come from metadata (consent
             status, account age), never from the model, or the guarantee is void.
-        order: tie-break order inside a prior level: ``"hash"`` (keyed hash of
-            ``(seed, id)``) or ``"greedy"`` (greedy rank: deleting the sample picked r-th
-            keeps the first r picks, hence every block before its block; needs selection).
-        shrinkage: the Gaussian learner's covariance shrinkage towards a scaled identity.
+        order: tie-break order inside a prior level: ``"auto"`` (greedy with selection,
+            hash without), ``"greedy"`` (greedy rank; needs selection) or ``"hash"``.
+        shrinkage: the Gaussian learner's covariance shrinkage towards a scaled identity
+            (``"auto"``: 0.005 for conv features, 0.05 otherwise).
         rep_dim: output dimension of the SVDD network.
         calibration: ``"auto"`` (``"raw"`` log-density for the Gaussian learner, ``"zscore"``
             for SVDD), ``"zscore"`` (standardise each class's score by the mean and standard
@@ -165,7 +159,9 @@ class ARCANE(ShardedStrategy):
         Unlearning", IJCAI 2022 (the full text was not available: the components follow
         its abstract and the reviews collected in ALGORITHMS.md sections 0.1 and 2; the
         selection rule and its exactness argument are reconstructions, section 2(b), 2(f)3);
-        Ruff et al., "Deep One-Class Classification", ICML 2018 (SVDD).
+        Ruff et al., "Deep One-Class Classification", ICML 2018 (SVDD); Minoux, "Accelerated
+        greedy algorithms for maximizing submodular set functions", 1978 (lazy greedy);
+        Rahimi & Recht, "Random features for large-scale kernel machines", NIPS 2007.
     """
 
     name = "arcane"
@@ -177,15 +173,15 @@ class ARCANE(ShardedStrategy):
         "n_selected": [None, Interval(int, 1, None)],
         "selection_threshold": [None, Interval(float, 0, None, closed="neither")],
         "selection_noise": [Interval(float, 0, None, closed="neither")],
-        "features": [Options(("projection", "pixels"))],
-        "feature_dim": [Interval(int, 1, None)],
+        "features": [Options(("auto", *KINDS))],
+        "feature_dim": [None, Interval(int, 1, None)],
         "n_blocks": [Interval(int, 1, None)],
-        "blocks": [Options(("cumulative", "incremental"))],
+        "blocks": [Options(("auto", "cumulative", "incremental"))],
         "sorting": [bool],
-        "deletion_prior": [None, Check(_is_prior, "a callable, a mapping {id: value} or a "
+        "deletion_prior": [None, Check(is_prior, "a callable, a mapping {id: value} or a "
                                                   "numpy array indexed by id")],
-        "order": [Options(("hash", "greedy"))],
-        "shrinkage": [Interval(float, 0, 1, closed="both")],
+        "order": [Options(("auto", "hash", "greedy"))],
+        "shrinkage": [Options(("auto",)), Interval(float, 0, 1, closed="both")],
         "rep_dim": [Interval(int, 1, None)],
         "calibration": [Options(("auto", "zscore", "raw"))],
         "temperature": [Interval(float, 0, None, closed="neither")],
@@ -197,17 +193,17 @@ class ARCANE(ShardedStrategy):
         *,
         learner: str = "gaussian",
         selection: bool = True,
-        n_selected: int | None = 2000,
+        n_selected: int | None = 1000,
         selection_threshold: float | None = None,
         selection_noise: float = 0.1,
-        features: str = "projection",
-        feature_dim: int = 128,
+        features: str = "auto",
+        feature_dim: int | None = None,
         n_blocks: int = 5,
-        blocks: str = "cumulative",
+        blocks: str = "auto",
         sorting: bool = True,
         deletion_prior: DeletionPrior | None = None,
-        order: str = "hash",
-        shrinkage: float = 0.05,
+        order: str = "auto",
+        shrinkage: float | str = "auto",
         rep_dim: int = 32,
         calibration: str = "auto",
         temperature: float = 1.0,
@@ -259,12 +255,10 @@ class ARCANE(ShardedStrategy):
         self.threads_per_job = threads_per_job
 
     def __getstate__(self) -> dict[str, Any]:
-        # the selection cache holds features of every sample (tens of MB on MNIST): it is
-        # an optimisation of this process only, never sent to executor workers or pickled
+        # the states of a build in progress hold every sample's features: never pickled
+        # (executor workers compute the features of their rows, the same bits)
         state = dict(self.__dict__)
-        state.pop("_selection_cache", None)
-        state.pop("_selection_log", None)
-        state.pop("_stored_selections", None)
+        state.pop("_building", None)
         return state
 
     # ------------------------------------------------------------ parameters
@@ -277,9 +271,14 @@ class ARCANE(ShardedStrategy):
         if self.order == "greedy" and not self.selection:
             raise InvalidParameterError(
                 "order='greedy' orders blocks by greedy selection rank, which needs "
-                "selection=True; use order='hash' with selection=False."
+                "selection=True; use order='hash' (or 'auto') with selection=False."
             )
-        if self.learner == "svdd" and self.blocks == "cumulative":
+        if self.features == "conv" and self.feature_dim is not None and self.feature_dim % 16:
+            raise InvalidParameterError(
+                f"feature_dim={self.feature_dim} with features='conv' must be a multiple of 16 "
+                "(filters x a 4x4 pooling grid), e.g. 512."
+            )
+        if self.learner == "svdd" and self.blocks_mode == "cumulative":
             schedule = epoch_schedule(self.epochs, self.n_blocks)
             if 0 in schedule:
                 raise InvalidParameterError(
@@ -292,7 +291,8 @@ class ARCANE(ShardedStrategy):
         return {"n_selected": 40, "n_blocks": 3, "feature_dim": 32}
 
     def _check_dataset(self, dataset: IndexedDataset) -> None:
-        # evaluate the prior now so that a bad one fails before anything is written
+        # fail before anything is written: a map that cannot embed these inputs, a bad prior
+        self.feature_map(dataset.input_shape).check_input(dataset.input_shape)
         self._prior_values(dataset.ids)
 
     @property
@@ -302,159 +302,217 @@ class ARCANE(ShardedStrategy):
             return str(self.calibration)
         return "raw" if self.learner == "gaussian" else "zscore"
 
-    def feature_map(self) -> FeatureMap:
-        """The data-independent feature map (selection and the Gaussian learner)."""
-        return FeatureMap(str(self.features), int(self.feature_dim), int(self.seed))
+    @property
+    def blocks_mode(self) -> str:
+        """``blocks`` resolved: incremental for the Gaussian, cumulative for SVDD."""
+        if self.blocks != "auto":
+            return str(self.blocks)
+        return "incremental" if self.learner == "gaussian" else "cumulative"
+
+    @property
+    def order_mode(self) -> str:
+        """``order`` resolved: greedy rank with selection, keyed hash without."""
+        if self.order != "auto":
+            return str(self.order)
+        return "greedy" if self.selection else "hash"
+
+    def feature_map(self, input_shape: tuple[int, ...]) -> FeatureMap:
+        """The data-independent feature map for inputs of ``input_shape``."""
+        kind = resolve_kind(str(self.features), tuple(input_shape))
+        return FeatureMap(kind, None if self.feature_dim is None else int(self.feature_dim),
+                          int(self.seed))
+
+    def shrinkage_value(self, input_shape: tuple[int, ...]) -> float:
+        """``shrinkage`` resolved for the feature map of ``input_shape``."""
+        if self.shrinkage != "auto":
+            return float(self.shrinkage)
+        return AUTO_SHRINKAGE[self.feature_map(input_shape).kind]
+
+    def resolved_params(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Every ``"auto"``/``None`` default as used for inputs of ``input_shape``."""
+        fmap = self.feature_map(input_shape)
+        return {"features": fmap.kind, "feature_dim": fmap.out_dim(tuple(input_shape)),
+                "blocks": self.blocks_mode, "order": self.order_mode,
+                "shrinkage": self.shrinkage_value(input_shape),
+                "calibration": self.calibration_method}
+
+    def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
+        super()._prepare_store(store, dataset)
+        # record what every "auto" resolved to, while the manifest is still provisional
+        # (its digest is committed with the fit, and it is immutable after)
+        manifest = store.read_manifest() or {}
+        resolved = self.resolved_params(dataset.input_shape)
+        if store.read_state() is None and manifest.get("resolved") != resolved:
+            store.write_manifest({**manifest, "resolved": resolved})
+
+    def _context(self, data: IndexedDataset) -> str:
+        # the state format is part of what a checkpoint was computed with: checkpoints of
+        # an older ARCANE (other features, other selection) are never reused
+        from expunge.strategies.exact._class_state import FORMAT
+
+        return hashlib.sha256(f"{super()._context(data)}|{FORMAT}".encode()).hexdigest()
 
     # ---------------------------------------------------------------- prior
     def _prior_values(self, ids: np.ndarray) -> np.ndarray | None:
         """The deletion prior of each id (float64), or ``None`` without sorting by prior."""
-        prior = self.deletion_prior
-        if prior is None or not self.sorting:
-            return None
-        ids = np.asarray(ids, dtype=np.int64)
-        if isinstance(prior, Mapping):
-            if "array_sha256" in prior or "callable" in prior:
-                raise InvalidParameterError(
-                    "deletion_prior was recorded in the store as a digest, not its values; pass "
-                    "it again when reopening: expunge.open(path, deletion_prior=...)."
-                )
-            try:
-                table = {int(k): float(v) for k, v in prior.items()}
-            except (TypeError, ValueError) as err:
-                raise InvalidParameterError(
-                    f"deletion_prior as a mapping must map integer ids to numbers: {err}."
-                ) from None
-            values = np.array([table.get(int(i), 0.0) for i in ids.tolist()], dtype=np.float64)
-        elif callable(prior):
-            values = np.asarray(prior(ids.copy()), dtype=np.float64).reshape(-1)
-            if values.shape[0] != ids.shape[0]:
-                raise InvalidParameterError(
-                    f"deletion_prior(ids) must return one value per id; got {values.shape[0]} "
-                    f"values for {ids.shape[0]} ids."
-                )
-        else:
-            table_array = np.asarray(prior, dtype=np.float64).reshape(-1)
-            if ids.size and (ids.min() < 0 or ids.max() >= table_array.shape[0]):
-                raise InvalidParameterError(
-                    f"deletion_prior as an array is indexed by id, but it has "
-                    f"{table_array.shape[0]} entries and the data has ids up to {int(ids.max())}"
-                    f" (min {int(ids.min())}). Pass an array of length > max id, or a mapping "
-                    "{id: value}."
-                )
-            values = table_array[ids]
-        if not np.isfinite(values).all():
-            bad = ids[~np.isfinite(values)][:5].tolist()
-            raise InvalidParameterError(
-                f"deletion_prior must be finite; ids {bad} have non-finite values."
-            )
-        return values
+        return prior_values(self.deletion_prior, bool(self.sorting), ids)
 
-    # ------------------------------------------------------------- selection
-    def _selection_key(self) -> str:
-        return json.dumps([self.selection, self.n_selected, self.selection_threshold,
-                           self.selection_noise, self.features, self.feature_dim, self.seed])
+    # -------------------------------------------------- features and selection
+    def _state_key(self, input_shape: tuple[int, ...]) -> str:
+        """Everything a class state (features, selection) is a function of, besides its ids."""
+        fmap = self.feature_map(input_shape)
+        return json.dumps([fmap.kind, fmap.out_dim(tuple(input_shape)), fmap.seed, self.learner,
+                           self.selection, self.n_selected, self.selection_threshold,
+                           self.selection_noise])
 
-    def _select(
-        self, k: int, ids: np.ndarray, data: IndexedDataset
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Selected ids of class ``k`` (greedy order) and their greedy ranks (``None`` if off).
+    def _compute_features(self, X: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(model features, selection features) of the rows ``X``, float32; ``None`` if unused."""
+        if self.learner != "gaussian" and not self.selection:
+            return None, None
+        density = self.feature_map(tuple(X.shape[1:])).rowwise(X)
+        select = selection_features(density, int(self.seed)) if self.selection else None
+        return (density if self.learner == "gaussian" else None), select
 
-        ``ids`` are the class's retained ids (sorted). Reuses the previous selection of this
-        class when only unselected ids left it: the greedy steps are then bitwise the same
-        (see ``_selection``), so recomputing would return the same ids.
+    def _class_states(
+        self, data: IndexedDataset, store: Store | None, previous: FittedModel | None,
+    ) -> tuple[dict[int, ClassState], dict[int, str], dict[str, int]]:
+        """Each class's state for ``data``, derived from ``previous``'s where it applies.
+
+        Returns the states, what happened per class (``"unchanged"``, ``"kept"``: rows
+        dropped but no selected id left, ``"resumed"`` or ``"selected"``) and, for resumed
+        classes, the rank the greedy resumed at.
         """
-        if not self.selection:
-            return ids, None
-        cache: dict[int, _ClassSelection] = self.__dict__.setdefault("_selection_cache", {})
-        log: dict[int, str] = self.__dict__.setdefault("_selection_log", {})
-        key = self._selection_key()
-        previous = cache.get(k) or self._stored_selection(k, key)
-        features: np.ndarray | None = None
-        if previous is not None and previous.key == key and \
-                np.isin(ids, previous.candidates, assume_unique=True).all():
-            kept_rows = np.searchsorted(previous.candidates, ids)
-            removed = np.setdiff1d(previous.candidates, ids, assume_unique=True)
-            kept_features = None if previous.features is None else previous.features[kept_rows]
-            if not np.isin(removed, previous.selection.ids, assume_unique=True).any():
-                cache[k] = _ClassSelection(key, ids, kept_features, previous.selection)
-                log[k] = "reused"
-                return previous.selection.ids, np.arange(len(previous.selection))
-            features = kept_features  # row-wise features: still exact
-        if features is None:
-            # pinned like training: the thread count is part of what a kernel computes
-            with pinned_threads(int(self.threads_per_job)):
-                features = unit_rows(self.feature_map().rowwise(data.select(ids).X))
-        result = greedy_logdet(
-            features, ids, n_select=self.n_selected, threshold=self.selection_threshold,
-            noise=float(self.selection_noise),
-        )
-        cache[k] = _ClassSelection(key, ids, features, result)
-        log[k] = "selected"
-        return result.ids, np.arange(len(result))
+        key = self._state_key(data.input_shape)
+        labels = data.y.numpy()
+        old = previous.classes if isinstance(previous, ARCANEModel) else {}
+        states: dict[int, ClassState] = {}
+        log: dict[int, str] = {}
+        resumed_at: dict[str, int] = {}
+        for k in range(data.n_classes):
+            ids = np.sort(data.ids[labels == k])
+            prev = old.get(k)
+            if prev is not None and (np.array_equal(prev.ids, ids) if prev.ids is not None
+                                     else prev.blobs.get("ids") == ids_digest(key, k, ids)):
+                if self.selection and prev.selection is None and store is not None:
+                    # after a reopen: the plan needs the picks (a few KB), nothing more
+                    picks = read_selection(store, key, k, prev.blobs)
+                    prev = None if picks is None else dataclasses.replace(prev, selection=picks)
+                if prev is not None:
+                    states[k], log[k] = prev, "unchanged"
+                    continue
+                prev = old[k]  # the picks did not check out: select the class again
 
-    def _stored_selection(self, k: int, key: str) -> _ClassSelection | None:
-        """Class ``k``'s selection as committed with the current data, if it checks out.
+            def compute(rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+                return self._compute_features(data.select(rows).X)
 
-        Loaded by ``_restore``; its candidates are the class's ids in the committed data
-        (``self.data_``: the selection and the data are committed in one state). A blob
-        whose content does not match its name is ignored, and the class is selected again.
-        """
-        stored = self.__dict__.get("_stored_selections", {}).pop(k, None)
-        data = getattr(self, "data_", None)
-        if stored is None or data is None:
+            unloaded = prev is not None and (prev.ids is None or (
+                prev.density is None and prev.select is None and "features" in prev.blobs))
+            if prev is not None and unloaded and store is not None:  # after a reopen
+                kept = self._kept_unloaded(store, key, k, prev, ids)
+                if kept is not None:  # no pick left: drop rows, read nothing else
+                    states[k], log[k] = kept, "kept"
+                    continue
+                base = read_state(store, key, k, prev.blobs, ids, compute)
+                before = getattr(self, "data_", None)
+                if before is not None:  # rewrite only the feature buckets that lost rows
+                    old_ids = np.sort(before.ids[before.y.numpy() == k])
+                    base = dataclasses.replace(base, removed=np.setdiff1d(old_ids, ids))
+            elif prev is not None and prev.ids is not None and \
+                    np.isin(ids, prev.ids, assume_unique=True).all():
+                base = prev.keep(ids)
+            else:
+                base = ClassState(ids, *compute(ids))
+            result = None
+            log[k] = "kept"
+            if self.selection:
+                assert base.select is not None
+                result = greedy_logdet(
+                    base.select, ids, n_select=self.n_selected,
+                    threshold=self.selection_threshold, noise=float(self.selection_noise),
+                    resume=base.selection,
+                )
+                if base.selection is None:
+                    log[k] = "selected"
+                elif result.ids is not base.selection.ids:
+                    log[k] = "resumed"
+                    alive = np.isin(base.selection.ids, ids, assume_unique=True)
+                    resumed_at[str(k)] = int(np.argmin(alive))
+            states[k] = dataclasses.replace(base, selection=result)
+        return states, log, resumed_at
+
+    def _kept_unloaded(self, store: Store, key: str, k: int, prev: ClassState,
+                       ids: np.ndarray) -> ClassState | None:
+        """Class ``k`` after a reopen, when only unselected ids left it: its picks and
+        trace (without the forgotten entries), its feature blobs marked for the forgotten
+        rows to be dropped; the features themselves are not read. ``None`` otherwise."""
+        before = getattr(self, "data_", None)  # the committed data ``prev`` belongs to
+        if not self.selection or before is None or "features" not in prev.blobs:
             return None
-        name, selection = stored
-        candidates = np.sort(data.ids[data.y.numpy() == k])
-        entry = _ClassSelection(key, candidates, None, selection)
-        return entry if name.endswith(entry.digest(k)) else None
+        picks = read_selection(store, key, k, prev.blobs, with_trace=True)
+        if picks is None or not np.isin(picks.ids, ids, assume_unique=True).all():
+            return None
+        old_ids = np.sort(before.ids[before.y.numpy() == k])
+        if not np.isin(ids, old_ids, assume_unique=True).all():
+            return None
+        trace = picks.trace
+        if trace is not None:
+            at = np.searchsorted(trace.candidates, ids)
+            ok = at.size == 0 or (at.max() < len(trace.candidates) and
+                                  np.array_equal(trace.candidates[at], ids))
+            trace = trace.without(at) if ok else None
+        selection = dataclasses.replace(picks, trace=trace)
+        removed = np.setdiff1d(old_ids, ids, assume_unique=True)
+        return ClassState(ids, selection=selection, blobs=dict(prev.blobs), removed=removed)
 
-    def _commit_selections(self, model: ShardedModel, store: Store) -> None:
-        """Write each class's current selection (ids and gains: a few KB) into the store."""
-        names: dict[str, str] = {}
-        for k, entry in sorted(self.__dict__.get("_selection_cache", {}).items()):
-            if len(entry.selection) == 0:
-                continue
-            names[str(k)] = f"{SELECTION_BLOB_PREFIX}{k:03d}-{entry.digest(k)}"
-            store.write_blob(names[str(k)], {
-                "ids": torch.from_numpy(np.ascontiguousarray(entry.selection.ids)),
-                "gains": torch.from_numpy(np.ascontiguousarray(entry.selection.gains)),
-            }, {"class": str(k)})
-        model.extra_state = {"selections": names}
-        model.extra_blobs = frozenset(names.values())
+    def _density_of(self, k: int, data: IndexedDataset) -> torch.Tensor:
+        """The model features of ``data``'s rows (class ``k``), from the build's states when
+        they hold them, else computed (executor workers): the same bits either way."""
+        state = self.__dict__.get("_building", {}).get(k)
+        if state is not None and state.density is not None and state.ids is not None:
+            rows = state.rows(data.ids)
+            if rows.size == 0 or (rows.max() < len(state.ids) and
+                                  np.array_equal(state.ids[rows], data.ids)):
+                return torch.from_numpy(state.density[rows].astype(np.float64))
+        return torch.from_numpy(self.feature_map(data.input_shape).rowwise(data.X)
+                                .astype(np.float64))
 
     # ----------------------------------------------------------------- plans
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
+        states = self.__dict__.get("_building") or self._class_states(data, None, None)[0]
         n_blocks = int(self.n_blocks)
+        cumulative = self.blocks_mode == "cumulative"
         if self.learner == "gaussian":
             epochs = (1,) * n_blocks  # one pass of statistics per block; no SGD
-        elif self.blocks == "cumulative":
+        elif cumulative:
             epochs = tuple(epoch_schedule(int(self.epochs), n_blocks))
         else:
             epochs = (int(self.epochs),) * n_blocks
-        labels = data.y.numpy()
         order_key = derive_key(int(self.seed), "arcane-order")
+        labels = data.y.numpy()
         plans = []
         for k in range(data.n_classes):
-            selected, ranks = self._select(k, np.sort(data.ids[labels == k]), data)
+            state = states[k]
+            if state.selection is not None:
+                selected = state.selection.ids
+            else:  # every retained sample of the class (the state may not be loaded)
+                selected = state.ids if state.ids is not None else np.sort(data.ids[labels == k])
             prior = self._prior_values(selected)
-            secondary = ranks if (self.order == "greedy" and ranks is not None) \
+            secondary = np.arange(len(selected)) if self.order_mode == "greedy" \
                 else keyed_hash(order_key, selected)
-            # lexsort: last key is primary -> (prior, hash or greedy rank, id)
+            # lexsort: last key is primary -> (prior, greedy rank or hash, id)
             keys: list[np.ndarray] = [selected, secondary]
             if prior is not None:
                 keys.append(prior)
             ordered = selected[np.lexsort(tuple(keys))]
             size = max(1, math.ceil(len(ordered) / n_blocks))
             blocks = tuple(np.sort(ordered[b * size:(b + 1) * size]) for b in range(n_blocks))
-            plans.append(BlockPlan(blocks=blocks, epochs=epochs,
-                                   cumulative=self.blocks == "cumulative"))
+            plans.append(BlockPlan(blocks=blocks, epochs=epochs, cumulative=cumulative))
         return plans
 
     # ----------------------------------------------------------------- hooks
     def _new_module(self, submodel: int, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         if self.learner == "gaussian":
-            return GaussianDensity(self.feature_map(), int(math.prod(input_shape)))
+            return GaussianDensity(self.feature_map(input_shape), tuple(input_shape))
         seed = derive_key(self.seed, "init", submodel) >> 1
         net = seeded_init(seed, lambda: build_model(self.model, input_shape, int(self.rep_dim),
                                                     self.model_params))
@@ -478,10 +536,11 @@ class ARCANE(ShardedStrategy):
         if isinstance(module, GaussianDensity):
             # cumulative: statistics of the whole cumulative set, so the final state is a
             # function of S_k alone; incremental: merge this block into the running state
-            if self.blocks == "cumulative":
-                module.fit(data.X)
+            phi = self._density_of(submodel, data)
+            if self.blocks_mode == "cumulative":
+                module.fit_features(phi)
             else:
-                module.merge(data.X)
+                module.merge_features(phi)
             progress.advance(task, epochs)
             return
         assert isinstance(module, SVDDHead)
@@ -495,19 +554,30 @@ class ARCANE(ShardedStrategy):
             return {}
         extras: dict[str, torch.Tensor] = {}
         if isinstance(module, GaussianDensity):
-            extras.update(module.density(float(self.shrinkage)))
-        raw = module.score(data.X, extras)  # type: ignore[operator]
+            extras.update(module.density(self.shrinkage_value(data.input_shape)))
+            raw = module.score_features(self._density_of(submodel, data), extras)
+        else:
+            raw = module.score(data.X, extras)  # type: ignore[operator]
         extras.update(calibration_stats(raw))
         return extras
 
     def _class_scores(self, submodels: Sequence[Submodel], X: torch.Tensor) -> torch.Tensor:
         """Calibrated score of every input under every class, ``(n, K)`` float64."""
+        phi = None
+        if any(isinstance(s.module, GaussianDensity) for s in submodels):
+            # the features once for all classes (not once per class)
+            phi = torch.from_numpy(self.feature_map(tuple(X.shape[1:])).rowwise(X)
+                                   .astype(np.float64))
         columns = []
         for s in submodels:
             if s.n_trained == 0 or not s.extras:
                 columns.append(torch.full((X.shape[0],), EMPTY_SCORE, dtype=torch.float64))
                 continue
-            raw = s.module.score(X, s.extras)  # type: ignore[operator]
+            if isinstance(s.module, GaussianDensity):
+                assert phi is not None
+                raw = s.module.score_features(phi, s.extras)
+            else:
+                raw = s.module.score(X, s.extras)  # type: ignore[operator]
             columns.append(calibrate(raw, s.extras, self.calibration_method))
         return torch.stack(columns, dim=1)
 
@@ -515,43 +585,46 @@ class ARCANE(ShardedStrategy):
         return aggregate(self._class_scores(submodels, X), float(self.temperature))
 
     # ----------------------------------------------------------- fit/forget
-    def _fit(self, data: IndexedDataset, store: Store, progress: Progress) -> ShardedModel:
-        self.__dict__["_selection_cache"] = {}  # new data: nothing cached applies
-        self.__dict__["_stored_selections"] = {}
-        self.__dict__["_selection_log"] = {}
-        return super()._fit(data, store, progress)
-
     def _build(
         self, data: IndexedDataset, store: Store, progress: Progress,
         previous: ShardedModel | None,
     ) -> tuple[ShardedModel, ForgetStats]:
-        model, stats = super()._build(data, store, progress, previous)
-        if self.selection:
-            self._commit_selections(model, store)
-        return model, stats
+        started = time.perf_counter()
+        states, log, resumed_at = self._class_states(data, store, previous)
+        prepared = time.perf_counter() - started
+        self.__dict__["_building"] = states
+        try:
+            model, stats = super()._build(data, store, progress, previous)
+        finally:
+            self.__dict__.pop("_building", None)
+        key = self._state_key(data.input_shape)
+        committed = {k: state if log[k] == "unchanged" else write_state(store, key, k, state)
+                     for k, state in states.items()}
+        fitted = ARCANEModel(model, committed, previous)
+        fitted.extra_state = {"classes": {str(k): s.blobs for k, s in committed.items()}}
+        fitted.extra_blobs = frozenset().union(*(blob_names(s.blobs) for s in committed.values()))
+        fitted.info = {"features_and_selection_seconds": prepared}
+        details = dict(stats.details)
+        details["classes_reselected"] = sorted(k for k, v in log.items()
+                                               if v in ("selected", "resumed"))
+        details["reselected_from_rank"] = resumed_at
+        return fitted, dataclasses.replace(stats, details=details)
 
     def _restore(self, state: dict[str, Any], store: Store) -> ShardedModel:
         model = super()._restore(state, store)
-        stored: dict[int, tuple[str, Selection]] = {}
-        for k, name in (state.get("selections") or {}).items():
-            tensors, _ = store.read_blob(name)
-            stored[int(k)] = (name, Selection(tensors["ids"].numpy(), tensors["gains"].numpy()))
-        self.__dict__["_selection_cache"] = {}
-        self.__dict__["_stored_selections"] = stored
-        model.extra_state = {"selections": dict(state.get("selections") or {})}
-        model.extra_blobs = frozenset(model.extra_state["selections"].values())
-        return model
+        committed = {int(k): ClassState(None, blobs=dict(blobs))
+                     for k, blobs in (state.get("classes") or {}).items()}
+        fitted = ARCANEModel(model, committed)
+        fitted.extra_state = {"classes": {str(k): s.blobs for k, s in committed.items()}}
+        fitted.extra_blobs = frozenset().union(*(blob_names(s.blobs) for s in committed.values()))
+        return fitted
 
     def _forget(
         self, fitted: FittedModel, ids: np.ndarray, retained: IndexedDataset,
         store: Store, progress: Progress,
     ) -> tuple[ShardedModel, ForgetStats]:
-        self.__dict__["_selection_log"] = {}
         model, stats = super()._forget(fitted, ids, retained, store, progress)
-        labels = self.data_.y.numpy()[self.data_.positions(ids)]
-        touched = sorted({int(c) for c in labels.tolist()})
-        log = self.__dict__.get("_selection_log", {})
+        labels = self.data_.y.numpy()[np.isin(self.data_.ids, ids)]
         details = dict(stats.details)
-        details["classes_touched"] = touched
-        details["classes_reselected"] = [k for k in touched if log.get(k) == "selected"]
+        details["classes_touched"] = sorted({int(c) for c in labels.tolist()})
         return model, dataclasses.replace(stats, details=details)
