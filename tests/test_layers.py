@@ -115,3 +115,33 @@ def test_every_node_is_in_a_layer_and_imports_only_its_layer_or_below():
                     for source, targets in import_edges().items()
                     for target, where in targets if layer_of[target] > layer_of[source])
     assert upward == []
+
+
+def private_imports() -> list[str]:
+    """Imports of another node's private module (``expunge.<node>._<module>``), or of a
+    private name from another node (``from expunge.store import _layout``). The top-level
+    helper modules (``expunge._hashing``...) are nodes of their own: importing them is fine."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = _module_name(path)
+        if parts == ["expunge"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported = [(alias.name, "") for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                imported = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in imported:
+                names = module.split(".")
+                if len(names) < 2 or names[0] != "expunge" or names[1] == parts[1]:
+                    continue
+                private_name = name.startswith("_") and not name.startswith("__")
+                if any(n.startswith("_") for n in names[2:]) or private_name:
+                    found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno} {module} {name}")
+    return found
+
+
+def test_packages_import_each_other_through_public_names_only():
+    assert private_imports() == []

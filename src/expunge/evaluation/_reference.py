@@ -29,8 +29,7 @@ from torch import nn
 from expunge._hashing import sha256_ids
 from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, UnsupportedModelError
-from expunge.store import MemoryStore, Store
-from expunge.store import _layout as layout
+from expunge.store import Store
 from expunge.strategies.base import CACHE_PREFIX, UnlearningStrategy
 from expunge.strategies.exact.retrain import Retrain
 from expunge.strategies.exact.sharded import ShardedModel, Submodel
@@ -210,16 +209,6 @@ def strategy_reference(
 
 def store_bytes_excluding_cache(store: Store) -> int:
     """Bytes the store uses, not counting ``cache/`` blobs (the evaluation's own additions)."""
-    total = store.size_bytes()
-    cached = [name for name in store.list_blobs() if name.startswith(CACHE_PREFIX)]
-    if not cached:
-        return total
-    root = getattr(store, "root", None)
-    for name in cached:
-        if root is not None:
-            path = layout.blob_path(root, name)
-            total -= path.stat().st_size if path.is_file() else 0
-        elif isinstance(store, MemoryStore):
-            tensors, _ = store.read_blob(name)
-            total -= sum(t.numel() * t.element_size() for t in tensors.values())
-    return max(total, 0)
+    cached = sum(store.blob_size(name) for name in store.list_blobs()
+                 if name.startswith(CACHE_PREFIX))
+    return max(store.size_bytes() - cached, 0)

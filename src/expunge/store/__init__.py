@@ -4,7 +4,7 @@ from pathlib import Path
 
 from expunge.store._checkpoints import Checkpoint, pack, unpack
 from expunge.store._directory import DirectoryStore
-from expunge.store._integrity import StoreKey, verify_store
+from expunge.store._integrity import StoreKey, ids_digest, verify_store
 from expunge.store._ledger import GENESIS, Ledger, LedgerEntry
 from expunge.store._memory import MemoryStore
 from expunge.store._store import CACHE_PREFIX, Head, Store
@@ -37,6 +37,7 @@ __all__ = [
     "StoreKey",
     "WorkerDirectoryStore",
     "WorkerMemoryStore",
+    "ids_digest",
     "manifest_digest_of",
     "open_store",
     "pack",

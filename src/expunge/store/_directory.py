@@ -215,6 +215,10 @@ class DirectoryStore(Store):
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
+    def blob_size(self, name: str) -> int:
+        path = layout.blob_path(self.root, name)
+        return path.stat().st_size if path.is_file() else 0
+
     def _remove_temp_files(self) -> None:
         for folder, pattern in ((layout.blobs_dir(self.root), "*" + layout.TEMP_SUFFIX),
                                 (self.root, ".*" + layout.TEMP_SUFFIX)):

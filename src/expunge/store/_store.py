@@ -121,6 +121,14 @@ class Store(ABC):
     def size_bytes(self) -> int:
         """Bytes used by blobs and the database."""
 
+    def blob_size(self, name: str) -> int:
+        """Bytes blob ``name`` takes in this store (0 if absent); counted in
+        :meth:`size_bytes`. Default: its tensors' bytes (a store with files says their size)."""
+        if not self.has_blob(name):
+            return 0
+        tensors, _ = self.read_blob(name)
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     @property
     def location(self) -> str:
         return "memory"

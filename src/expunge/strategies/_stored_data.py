@@ -26,8 +26,7 @@ import torch
 from expunge._hashing import derive_key, keyed_buckets, sha256_ids
 from expunge.data import IndexedDataset
 from expunge.exceptions import DatasetError, StoreIntegrityError
-from expunge.store import Store
-from expunge.store._integrity import ids_digest
+from expunge.store import Store, ids_digest
 
 #: prefix of the training-data blobs (one per non-empty bucket)
 DATA_BLOB_PREFIX = "data/train-"
