@@ -103,3 +103,28 @@ class ApproximationWarning(ExpungeWarning):
 
 class NondeterminismWarning(ExpungeWarning):
     """An exactness guarantee cannot hold bitwise in the current setting."""
+
+
+__all__ = [
+    "AlreadyForgottenError",
+    "ApproximationWarning",
+    "ConcurrentModificationError",
+    "DatasetError",
+    "ExpungeError",
+    "ExpungeWarning",
+    "InvalidParameterError",
+    "InvalidRequestError",
+    "LedgerIntegrityError",
+    "NondeterminismWarning",
+    "NotFittedError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StrategyRegistrationError",
+    "UnknownModelError",
+    "UnknownSampleError",
+    "UnknownStrategyError",
+    "UnsupportedModelError",
+    "WorkerError",
+]

@@ -199,3 +199,16 @@ def batched_forward(
     if not outs:
         return torch.empty(0)
     return torch.cat(outs)
+
+
+__all__ = [
+    "EpochKey",
+    "TrainConfig",
+    "available_cpus",
+    "batched_forward",
+    "cross_entropy_loss",
+    "epoch_schedule",
+    "make_optimizer",
+    "pinned_threads",
+    "train_epochs",
+]

@@ -200,17 +200,15 @@ def _seed_of(strategy: UnlearningStrategy) -> int:
 
 
 def _copy_with(strategy: UnlearningStrategy, **changes: Any) -> UnlearningStrategy:
-    params = strategy.get_params()
-    missing = [k for k in changes if k not in params]
+    """A new, unfitted, in-memory, silent copy of ``strategy`` with ``changes``."""
+    names = strategy.get_params()
+    missing = [k for k in changes if k not in names]
     if missing:
         raise InvalidParameterError(
             f"{type(strategy).__name__} has no parameter(s) {missing}, which this evaluation "
             "needs to vary (seeds= and shadow models set 'seed'; shadow_epochs sets 'epochs')."
         )
-    params.update(changes)
-    params["store"] = None
-    params["show_progress"] = False
-    return type(strategy)(**params)
+    return strategy.clone().set_params(**changes, store=None, show_progress=False)
 
 
 # ============================================================================ public
@@ -675,8 +673,7 @@ def _run_once(
         # the fitted model's info (PUMA keeps it there, carried across requests)
         precompute = fit_entry.details.get("precompute_seconds")
         if precompute is None:
-            precompute = (getattr(strategy.fitted_, "info", None) or {}).get(
-                "precompute_seconds")
+            precompute = strategy.fitted_.info.get("precompute_seconds")
         if precompute is not None or strategy.guarantee == "approximate":
             rows.append(MetricRow("cost.precompute_seconds", section,
                                   "precompute seconds (at fit)",
@@ -808,7 +805,7 @@ def _build_report(strategy: UnlearningStrategy, runs: list[_Run], test: IndexedD
     return EvaluationReport(
         strategy=strategy.name,
         guarantee=strategy.guarantee,
-        params=strategy._recorded_params(),
+        params=strategy.recorded_params(),
         fingerprint=first.fingerprint,
         status=first.status,
         n_forget=first.n_forget,

@@ -35,8 +35,6 @@ from expunge.strategies.exact.retrain import Retrain
 from expunge.strategies.exact.sharded import ShardedModel, Submodel
 
 REFERENCE_BLOB_PREFIX = CACHE_PREFIX + "reference/"
-#: parameters that choose how or where to run, never what is computed
-_NOT_SHARED = frozenset({"store", "show_progress", "executor", "n_jobs", "ray_address"})
 
 
 @dataclass
@@ -51,12 +49,7 @@ class ModelView:
 
 def single_module(strategy: UnlearningStrategy) -> nn.Module | None:
     """The strategy's network if it is exactly one (Retrain, PUMA), else ``None`` (ensembles)."""
-    fitted = getattr(strategy, "fitted_", None)
-    submodels = getattr(fitted, "submodels", None)
-    if submodels is not None:
-        return submodels[0].module if len(submodels) == 1 else None
-    module = getattr(fitted, "module", None)
-    return module if isinstance(module, nn.Module) else None
+    return strategy.fitted_.single_module() if strategy.is_fitted else None
 
 
 def model_view(strategy: UnlearningStrategy) -> ModelView:
@@ -64,8 +57,9 @@ def model_view(strategy: UnlearningStrategy) -> ModelView:
 
 
 def shared_training_params(strategy: UnlearningStrategy) -> dict[str, Any]:
-    """The evaluated strategy's parameters that :class:`Retrain` also has (store excluded)."""
-    names = set(Retrain._param_names()) - _NOT_SHARED
+    """The evaluated strategy's parameters that :class:`Retrain` also has and that decide
+    what is computed (its runtime parameters left out: the reference runs in memory)."""
+    names = set(Retrain().get_params()) - Retrain.runtime_param_names()
     return {k: v for k, v in strategy.get_params().items() if k in names}
 
 
@@ -121,7 +115,7 @@ def retrain_reference(
             (pass ``reference=`` a strategy of your own instead).
     """
     retrain = _retrain_for(strategy)
-    params = retrain._recorded_params()
+    params = retrain.recorded_params()
     key = reference_key(params, retained)
     blob = REFERENCE_BLOB_PREFIX + key[:32]
     store: Store | None = getattr(strategy, "store_", None) if cache else None
@@ -199,7 +193,7 @@ def strategy_reference(
         store_bytes=store_bytes_excluding_cache(reference.store_), cached=False,
         description={
             "kind": "strategy", "strategy": reference.name,
-            "params": reference._recorded_params(), "n_train": len(reference.training_data),
+            "params": reference.recorded_params(), "n_train": len(reference.training_data),
             "fingerprint": reference.fingerprint(), "cached": False,
             "note": "fit cost from its ledger" + (
                 f"; it has since served {len(forgets)} forget request(s)" if forgets else ""),

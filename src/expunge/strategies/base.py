@@ -20,6 +20,7 @@ request) before planning, so a request never commits on top of a state it did no
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -28,13 +29,15 @@ import math
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
@@ -67,6 +70,9 @@ from expunge.strategies._stored_data import (
     training_ids_digest,
     write_training_data,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 Guarantee = Literal["exact", "approximate"]
 #: 2: per-store key, keyed digests of every file in the state, state digests in the ledger,
@@ -136,7 +142,18 @@ class ForgetReport:
 
 
 class FittedModel(ABC):
-    """The in-memory, immutable result of fitting: what predicts and what is fingerprinted."""
+    """The in-memory, immutable result of fitting: what predicts and what is fingerprinted.
+
+    Besides the abstract methods, every fitted model has the attributes below (defaults
+    here; a subclass sets them in its constructor) and :meth:`single_module`: the base
+    class, the evaluation and the benchmarks read them, never through ``getattr``.
+    """
+
+    #: forward+backward passes spent building this model (recorded by a fit's ledger entry)
+    sample_passes: int = 0
+    #: facts about how it was built (e.g. precompute seconds): the finite scalars among them
+    #: are recorded in the fit's ledger entry (:meth:`fit_details`)
+    info: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def state(self) -> dict[str, Any]:
@@ -154,9 +171,14 @@ class FittedModel(ABC):
     def predict_proba(self, X: torch.Tensor) -> torch.Tensor:
         """Class probabilities, shape ``(n, n_classes)``."""
 
+    def single_module(self) -> nn.Module | None:
+        """The network when the model is exactly one (Retrain, PUMA), else ``None``
+        (ensembles, density models): what the evaluation's parameter distance compares."""
+        return None
+
     def fit_details(self) -> dict[str, Any]:
         """Facts about the fit worth keeping in its ledger entry (e.g. precompute seconds)."""
-        info = getattr(self, "info", None) or {}
+        info = self.info
 
         def scalar(value: Any) -> bool:
             if isinstance(value, float):
@@ -227,11 +249,66 @@ class UnlearningStrategy(ABC):
         return [p.name for p in signature.parameters.values()
                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
+    @classmethod
+    def runtime_param_names(cls) -> frozenset[str]:
+        """Parameters that choose where and how visibly the work runs, never what is
+        computed: not recorded in the manifest, changeable on ``expunge.open`` and on a
+        fitted strategy (:meth:`set_params`). Declared once per class, in
+        ``_runtime_params`` (the base's ``store``, ``show_progress``; the exact engine adds
+        its executor parameters)."""
+        return cls._runtime_params
+
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments, as given."""
+        """Constructor arguments, as given (scikit-learn's ``get_params``)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def _recorded_params(self) -> dict[str, Any]:
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name and return ``self`` (scikit-learn semantics:
+        values are validated when :meth:`fit` runs).
+
+        A fitted strategy's committed state was computed with its recorded parameters, so
+        once fitted only runtime parameters other than ``store`` (``show_progress``, the
+        executor's) and request parameters (PUMA's ``eta``) may change; use :meth:`clone`
+        for a new, unfitted strategy with other parameters.
+
+        Raises:
+            InvalidParameterError: a name the constructor does not take, or a recorded
+                parameter (or ``store``) of a fitted strategy; nothing is set then.
+        """
+        names = self._param_names()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise InvalidParameterError(
+                f"{type(self).__name__} has no parameter(s) {unknown}; its parameters are: "
+                f"{', '.join(names)}."
+            )
+        if self.is_fitted:
+            changeable = (self._runtime_params - {"store"}) | self._request_params
+            fixed = sorted(k for k, v in params.items() if k not in changeable
+                           and _jsonable_param(v) != _jsonable_param(getattr(self, k)))
+            if fixed:
+                raise InvalidParameterError(
+                    f"{type(self).__name__} is fitted, and its state was computed with "
+                    f"{', '.join(f'{k}={getattr(self, k)!r}' for k in fixed)}: these cannot "
+                    "change now. Use strategy.clone().set_params(...) for a new strategy to "
+                    f"fit; a fitted one may change {', '.join(sorted(changeable))}."
+                )
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> Self:
+        """A new, unfitted strategy with the same parameters (scikit-learn's ``clone``):
+        parameter values are deep-copied (functions and classes are shared), nothing fitted,
+        no store handle, data or cache is carried over. The clone has the same ``store``
+        parameter: set another one (``clone().set_params(store=...)``) before fitting it
+        alongside the original."""
+        params = {k: v if callable(v) else copy.deepcopy(v) for k, v in self.get_params().items()}
+        return type(self)(**params)
+
+    def recorded_params(self) -> dict[str, Any]:
+        """The parameters as the store's manifest records them (JSON; runtime parameters
+        left out, callables by qualified name, arrays by digest)."""
         return {k: _jsonable_param(v) for k, v in self.get_params().items()
                 if k not in self._runtime_params}
 
@@ -350,7 +427,7 @@ class UnlearningStrategy(ABC):
         return self
 
     def _fit_passes(self, fitted: FittedModel) -> int:
-        return int(getattr(fitted, "sample_passes", 0))
+        return int(fitted.sample_passes)
 
     def _check_dataset(self, dataset: IndexedDataset) -> None:
         """Strategy-specific checks of the training data; override to refuse."""
@@ -371,7 +448,7 @@ class UnlearningStrategy(ABC):
 
     def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
         """Write the manifest, or check the existing one (see :func:`prepare_manifest`)."""
-        prepare_manifest(store, self.name, type(self).__name__, self._recorded_params(),
+        prepare_manifest(store, self.name, type(self).__name__, self.recorded_params(),
                          dataset, FORMAT_VERSION)
 
     @staticmethod

@@ -282,6 +282,9 @@ class PumaModel(FittedModel):
         self.info = dict(info or {})
         self._fingerprint = _module_fingerprint(self.module)
 
+    def single_module(self) -> nn.Module:
+        return self.module
+
     @property
     def model_blob(self) -> str:
         return f"puma/model-{self._fingerprint[:32]}"
@@ -712,7 +715,7 @@ class PUMA(UnlearningStrategy):
         return str(self.solver)
 
     def _solver_key(self, module_fp: str, ctx: _Context) -> str:
-        recorded = json.dumps({k: v for k, v in self._recorded_params().items()
+        recorded = json.dumps({k: v for k, v in self.recorded_params().items()
                                if k not in ("eta", "sparsity", "pgd_steps", "refresh")},
                               sort_keys=True, default=str)
         text = f"{module_fp}|{sha256_ids(np.sort(ctx.train_ids))}|{recorded}"

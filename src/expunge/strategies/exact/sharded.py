@@ -116,7 +116,7 @@ class ShardedStrategy(BlockHooks, UnlearningStrategy):
 
     def _context(self, data: IndexedDataset) -> str:
         """The root of every chain key: the recorded parameters and the data's shape."""
-        recorded = json.dumps(self._recorded_params(), sort_keys=True, default=str)
+        recorded = json.dumps(self.recorded_params(), sort_keys=True, default=str)
         text = f"{self.name}|{recorded}|classes={data.n_classes}|shape={data.input_shape}"
         return hashlib.sha256(text.encode()).hexdigest()
 
