@@ -195,6 +195,24 @@ def test_get_params_clone_set_params_round_trip(name, small_digits):
         != strategy.fingerprint()
 
 
+#: what ``UnlearningStrategy._install`` sets on a fitted strategy: its only instance state
+#: besides the constructor's (caches belong to the fitted model or the store)
+INSTALLED = {"store_", "data_", "fitted_", "_data_positions", "_forgotten", "_head"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_requests_keep_no_cache_on_the_strategy(name, small_digits, tmp_path):
+    strategy = make(name, store=tmp_path / "s")
+    constructed = dict(vars(strategy))
+    strategy.fit(small_digits)
+    assert set(vars(strategy)) - set(constructed) == INSTALLED
+    strategy.forget([int(small_digits.ids[3]), int(small_digits.ids[250])])
+    assert set(vars(strategy)) - set(constructed) == INSTALLED
+    assert {k: v for k, v in vars(strategy).items() if k in constructed}.keys() == \
+        constructed.keys()
+    strategy.close()
+
+
 # --------------------------------------------------------------- on disk after forget
 def _files_holding(root, needles):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")

@@ -38,10 +38,10 @@ from expunge.exceptions import (
     NotFittedError,
     UnsupportedModelError,
 )
-from expunge.models import ModelSpec, build_model, seeded_init
+from expunge.models import ModelSpec
 from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
-from expunge.strategies._recipe import RECIPE_CONSTRAINTS
+from expunge.strategies._recipe import RECIPE_CONSTRAINTS, TrainingRecipe
 from expunge.strategies.approximate._hessian import (
     KFAC,
     CholeskySolver,
@@ -61,7 +61,6 @@ from expunge.strategies.base import (
 from expunge.strategies.registry import register_strategy
 from expunge.training import (
     EpochKey,
-    TrainConfig,
     batched_forward,
     make_optimizer,
     pinned_threads,
@@ -367,7 +366,7 @@ class _Context:
 
 
 @register_strategy
-class PUMA(UnlearningStrategy):
+class PUMA(TrainingRecipe, UnlearningStrategy):
     """PUMA: remove samples by an influence patch, re-weighting the rest so that a
     performance criterion stays unchanged (Wu, Hashemi & Srinivasa, AAAI 2022).
 
@@ -675,16 +674,8 @@ class PUMA(UnlearningStrategy):
     def _architecture(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         if isinstance(self.model, nn.Module):
             return copy.deepcopy(self.model)
-        seed = derive_key(int(self.seed), "init", 0) >> 1
-        return seeded_init(seed, lambda: build_model(self.model, input_shape, n_classes,
-                                                     self.model_params))
-
-    def _train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=float(self.lr),
-            optimizer=self.optimizer,  # type: ignore[arg-type]  # validated by constraints
-            momentum=float(self.momentum), weight_decay=float(self.weight_decay),
-        )
+        # the recipe's seeded network: the same bits as Retrain's (sub-model 0)
+        return self.initial_network(input_shape, n_classes)
 
     def _context(self, module: nn.Module, data: IndexedDataset, val_ids: np.ndarray,
                  removed_classes: tuple[int, ...],
@@ -891,7 +882,7 @@ class PUMA(UnlearningStrategy):
         started = time.perf_counter()
         passes = 0
         if not self._pretrained:
-            config = self._train_config()
+            config = self.train_config()
             optimizer = make_optimizer(module, config)
             keys = [EpochKey(int(self.seed), 0, 0, e) for e in range(self.epochs)]
             task = progress.task(f"{type(self).__name__}: training", self.epochs)

@@ -120,11 +120,13 @@ class ShardedStrategy(BlockHooks, UnlearningStrategy):
         text = f"{self.name}|{recorded}|classes={data.n_classes}|shape={data.input_shape}"
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _plan_build(self, data: IndexedDataset, store: Store,
-                    previous: ShardedModel | None) -> BuildPlan:
-        """What a fit (``previous=None``) or a forget on ``data`` will train; trains nothing."""
+    def _plan_build(self, data: IndexedDataset, store: Store, previous: ShardedModel | None,
+                    plans: list[BlockPlan] | None = None) -> BuildPlan:
+        """What a fit (``previous=None``) or a forget on ``data`` will train (``plans``, by
+        default :meth:`_plans`); trains nothing."""
         keys = None if previous is None else [s.keys for s in previous.submodels]
-        return plan_build(self._plans(data), self._context(data), store, keys)
+        return plan_build(self._plans(data) if plans is None else plans, self._context(data),
+                          store, keys)
 
     # ------------------------------------------------------------ fit/forget
     def _fit(self, data: IndexedDataset, store: Store, progress: Progress) -> ShardedModel:
@@ -142,12 +144,23 @@ class ShardedStrategy(BlockHooks, UnlearningStrategy):
         self, data: IndexedDataset, store: Store, progress: Progress,
         previous: ShardedModel | None,
     ) -> tuple[ShardedModel, ForgetStats]:
-        build = self._plan_build(data, store, previous)
+        """Plan and train a fit (``previous=None``) or a forget."""
+        return self._train_build(data, store, progress, previous, self._plans(data), self)
+
+    def _train_build(
+        self, data: IndexedDataset, store: Store, progress: Progress,
+        previous: ShardedModel | None, plans: list[BlockPlan], hooks: BlockHooks,
+    ) -> tuple[ShardedModel, ForgetStats]:
+        """Train ``plans``, the blocks in this process with ``hooks``. A subclass that
+        prepares per-request state (ARCANE's features and selections) passes the plans it
+        derived from it, and hooks that carry it to the blocks trained here (workers get a
+        copy of the parameters only), instead of keeping it on the live strategy."""
+        build = self._plan_build(data, store, previous, plans)
         task = progress.task(
             f"{type(self).__name__}: training {len(build.chains)} of {len(build.plans)} "
             "sub-models", build.epochs_to_train(),
         )
-        trained = train_plan(self, self._execution(), build, data, store, progress, task)
+        trained = train_plan(hooks, self._execution(), build, data, store, progress, task)
         submodels = [previous.submodels[k] if previous is not None and k in build.reused
                      else trained.submodels[k] for k in range(len(build.plans))]
         stats = build.stats()
