@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-ray lint bench-quick bench clean
+.PHONY: install demo test test-all test-ray test-service lint bench-quick bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,12 +23,18 @@ demo: $(STAMP)
 	$(VENV)/bin/expunge demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not slow and not ray" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not slow and not ray and not service" $(PYTEST_ARGS)
 
 # Ray is an optional extra (~330 MB, ~4 s per cluster start): its tests have their own target.
 test-ray: $(STAMP)
 	$(PY) -m pip install -e ".[ray]"
 	$(PY) -m pytest -m ray $(PYTEST_ARGS)
+
+# `expunge serve` needs the optional service extra (FastAPI, uvicorn): its tests, including
+# the 200-request load test against a real server process, have their own target.
+test-service: $(STAMP)
+	$(PY) -m pip install -e ".[service]"
+	$(PY) -m pytest -m service $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)

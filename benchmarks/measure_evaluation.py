@@ -43,10 +43,7 @@ RECIPE: dict[str, Any] = {
 }
 EXTRA: dict[str, dict[str, Any]] = {
     "sisa": {"n_shards": 5, "n_slices": 5},
-    # PUMA's defaults (CG solves in float64 over 203k parameters) took over 7 minutes to fit
-    # here; K-FAC in float32 fits in ~30 s (train ~19 s + precompute ~9 s), and "lazy"
-    # leaves the cache rebuild to the next request (a one-request benchmark)
-    "puma": {"solver": "kfac", "dtype": "float32", "refresh": "lazy"},
+    # PUMA: its defaults (whole-network K-FAC in float32, docs/puma.md)
 }
 
 

@@ -3,6 +3,7 @@ intra-op threads per worker on a 2-core machine oversubscribe it (measured: 30x 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,36 @@ def shared_datasets() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} not found (the shared datasets live beside the checkout)")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _every_exact_request_matches_its_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preview every request an exact strategy makes anywhere in the suite, and check that
+    the request reports exactly what its preview predicted (issue 17's target: "preview
+    equals the real sample_passes for every exact request in the suite")."""
+    from expunge.exceptions import ExpungeError
+    from expunge.operations._engine import is_exact_engine
+    from expunge.operations.preview import preview_forget
+    from expunge.strategies.base import UnlearningStrategy
+
+    real = UnlearningStrategy._apply_forget
+
+    def checked(self, ids, *, tag, timeout=None, details=None):  # type: ignore[no-untyped-def]
+        if not (self.is_fitted and is_exact_engine(self)):
+            return real(self, ids, tag=tag, timeout=timeout, details=details)
+        # preview and request under one hold of the store's lock: the same state for both
+        with self.locked(timeout=timeout):
+            predicted = None
+            # an invalid request raises in the request itself, and changes nothing
+            with contextlib.suppress(ExpungeError):
+                predicted = preview_forget(self, self.validate_request(
+                    ids() if callable(ids) else ids))
+            report = real(self, ids, tag=tag, timeout=timeout, details=details)
+        if predicted is not None:
+            assert (predicted.sample_passes, predicted.samples_retrained,
+                    predicted.submodels_retrained, predicted.purged) == (
+                report.sample_passes, report.samples_retrained,
+                report.submodels_retrained, report.purged), "preview != request"
+        return report
+
+    monkeypatch.setattr(UnlearningStrategy, "_apply_forget", checked)

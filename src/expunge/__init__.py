@@ -10,6 +10,7 @@ from expunge import exceptions
 from expunge._open import open
 from expunge._version import __version__
 from expunge.evaluation import EvaluationReport, evaluate
+from expunge.operations import verify_receipt
 from expunge.strategies import (
     SISA,
     ForgetReport,
@@ -43,4 +44,5 @@ __all__ = [
     "harmfulness_scores",
     "open",
     "rank_mislabelled",
+    "verify_receipt",
 ]

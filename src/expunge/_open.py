@@ -56,7 +56,8 @@ def open(path: str | Path, **overrides: Any) -> UnlearningStrategy:
 
     Args:
         path: a store directory written by ``fit(..., store=path)``.
-        **overrides: runtime parameters, or a recorded custom callable.
+        **overrides: runtime parameters, or a recorded custom callable. ``signing_key=PATH``
+            signs this handle's receipts with that Ed25519 PEM key (``set_signing_key``).
 
     Raises:
         StoreError: ``path`` is not a readable store. StoreMismatchError: written by an
@@ -65,13 +66,17 @@ def open(path: str | Path, **overrides: Any) -> UnlearningStrategy:
     """
     if isinstance(path, str) and not path.strip():
         raise InvalidParameterError("expunge.open needs a store path; got ''.")
+    signing_key = overrides.pop("signing_key", None)
     store = DirectoryStore(path, create=False)
     try:
         manifest = store.read_manifest() or {}
         where = str(path)
         _check_manifest(manifest, where, store.describe_file("manifest"))
         cls = get_strategy(str(manifest.get("strategy")))
-        return cls._from_store(store, manifest, overrides, path)
+        strategy = cls._from_store(store, manifest, overrides, path)
+        if signing_key is not None:
+            strategy.set_signing_key(signing_key)
+        return strategy
     except BaseException:
         store.close()
         raise

@@ -42,8 +42,11 @@ class Interval:
         return left_ok and right_ok
 
     def __str__(self) -> str:
-        lo = "-inf" if self.low is None else f"{self.low:g}"
-        hi = "inf" if self.high is None else f"{self.high:g}"
+        def show(value: float) -> str:  # ints in full (a seed's bound is 2**63 - 1)
+            return str(int(value)) if self.kind is int else f"{value:g}"
+
+        lo = "-inf" if self.low is None else show(self.low)
+        hi = "inf" if self.high is None else show(self.high)
         lb = "[" if self.closed in ("both", "left") and self.low is not None else "("
         rb = "]" if self.closed in ("both", "right") and self.high is not None else ")"
         return f"{'an int' if self.kind is int else 'a float'} in the range {lb}{lo}, {hi}{rb}"

@@ -28,6 +28,10 @@ class UnknownSampleError(ExpungeError, LookupError):
     """A requested id is not in the training set."""
 
 
+class UnknownSubjectError(ExpungeError, LookupError):
+    """No retained sample belongs to the requested subject."""
+
+
 class AlreadyForgottenError(ExpungeError, ValueError):
     """A requested id was forgotten by an earlier request."""
 

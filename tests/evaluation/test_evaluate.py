@@ -105,7 +105,7 @@ def test_requests_that_cannot_be_evaluated_are_refused(data: Any, forget_ids: np
     with pytest.raises(UnknownSampleError, match="never in this strategy"):
         evaluate(model, train=train, test=test, forget_ids=[999_999])
     with pytest.raises(InvalidParameterError, match="unknown attack"):
-        evaluate(model, test=test, forget_ids=forget_ids[5:], attacks=["loss", "rmia"])
+        evaluate(model, test=test, forget_ids=forget_ids[5:], attacks=["loss", "apollo"])
     with pytest.raises(InvalidParameterError, match="reference must be"):
         evaluate(model, test=test, forget_ids=forget_ids[5:], reference="scratch")
     with pytest.raises(InvalidParameterError, match="shadow_models"):
@@ -214,7 +214,7 @@ def test_lira_and_ulira_on_an_exact_strategy(data: Any, forget_ids: np.ndarray) 
     model = expunge.Retrain(**FAST).fit(train)
     report = evaluate(model, test=test, forget_ids=forget_ids, reference="retrain",
                       attacks=["lira", "ulira"], shadow_models=4, forget=True)
-    assert "shadow models (LiRA/U-LiRA)" in report.timings
+    assert "shadow models" in report.timings
     assert 0.0 <= report["mia.lira.auc"].model <= 1.0
     assert report["mia.lira.auc"].gap == 0.0
     # unlearned and retrained Retrain shadows both never trained on the sample: the held-out

@@ -12,7 +12,7 @@ from torch import nn
 from torch.autograd.functional import hessian, jacobian
 
 from expunge.exceptions import ApproximationWarning, InvalidParameterError
-from expunge.strategies.approximate._hessian import (
+from expunge.strategies.approximate.curvature import (
     CholeskySolver,
     FlatLayout,
     LossCurvature,
@@ -186,44 +186,6 @@ def test_last_layer_scope_is_the_last_layer_block_of_the_full_curvature():
     assert head._features  # the head's inputs are cached: its output is the model's output
     start = FlatLayout.of(module).offsets()["2.weight"][0]
     torch.testing.assert_close(head.dense(rows), full[start:, start:], rtol=1e-10, atol=1e-12)
-
-
-def test_kfac_is_exact_when_every_sample_has_the_same_output_curvature():
-    # with zero weights every sample predicts the uniform distribution, so
-    # sum_i A_i kron x_i x_i^T = A kron sum_i x_i x_i^T and K-FAC has no approximation error
-    module = nn.Sequential(nn.Linear(4, 3)).to(DT)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.zero_()
-    X, y = _data(n=20)
-    curv = LossCurvature(module, X, y, weight_decay=0.05, damping=0.01)
-    rows = np.arange(20)
-    kfac = curv.kfac(rows)
-    H = curv.dense(rows)
-    b = torch.randn(curv.size, generator=_generator(8), dtype=DT)
-    torch.testing.assert_close(kfac.solve(b), torch.linalg.solve(H, b), rtol=1e-9, atol=1e-12)
-
-
-def test_kfac_preconditioner_captures_badly_scaled_inputs():
-    # logistic regression on features whose scales span 3 decades: the input factor A of
-    # K-FAC whitens them, so preconditioned CG needs far fewer products than plain CG
-    g = _generator(9)
-    scales = torch.logspace(-1.5, 1.5, 10, dtype=DT)
-    mixing = torch.linalg.qr(torch.randn(10, 10, generator=g, dtype=DT))[0]
-    X = (torch.randn(400, 10, generator=g, dtype=DT) * scales) @ mixing
-    y = torch.randint(0, 4, (400,), generator=g)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        module = nn.Sequential(nn.Linear(10, 4)).to(DT)
-    rows = np.arange(400)
-    curv = LossCurvature(module, X, y, weight_decay=1e-4)
-    b = curv.gradient(rows[:20])
-    plain = conjugate_gradient(lambda v: curv.matvec(v, rows), b, tol=1e-8, max_iter=1000)
-    pre = conjugate_gradient(lambda v: curv.matvec(v, rows), b, tol=1e-8, max_iter=1000,
-                             preconditioner=curv.kfac(rows).solve)
-    assert plain.converged and pre.converged
-    assert pre.iterations < plain.iterations / 2, (pre.iterations, plain.iterations)
-    torch.testing.assert_close(pre.x, plain.x, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------ solvers

@@ -1,5 +1,7 @@
-"""PUMA and naive influence removal: closed forms on logistic regression, class removal,
-mislabel ranking, the re-weighting solver, and the strategy contract."""
+"""PUMA and naive influence removal: closed forms on logistic regression (Newton removal,
+the gradient-difference patch, the influence on the criterion), the re-weighting solver,
+the disk rule and the bounded work of a request, class removal, mislabel ranking, and the
+strategy contract."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from expunge.exceptions import (
     UnknownSampleError,
 )
 from expunge.strategies import Retrain, get_strategy
+from expunge.strategies._stored_data import data_buckets
+from expunge.strategies.approximate.curvature import LossCurvature
 from expunge.strategies.approximate.puma import (
     PUMA,
     NaiveInfluence,
@@ -30,6 +34,8 @@ from expunge.strategies.approximate.puma import (
     rank_mislabelled,
     solve_reweighting,
 )
+from expunge.strategies.approximate.puma._cache import compute_bucket
+from expunge.strategies.approximate.puma._precompute import Linearisation
 
 DT = torch.float64
 LAM = 0.01  # L2 weight of the synthetic logistic regressions
@@ -114,71 +120,86 @@ def convex():
 
 def _exact_params(**extra):
     return {"weight_decay": LAM, "damping": 0.0, "solver": "cholesky", "tol": 1e-12,
-            "max_iter": 100, **extra}
+            "max_iter": 100, "refresh_after": None, "newton_steps": 1, **extra}
+
+
+def _val_loss(module: nn.Module, val: IndexedDataset) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(module(val.X.to(DT)), val.y))
 
 
 # =================================================================== re-weighting solver
 def _objective(e, A, b, lam):
-    r = b + A.T @ e
+    r = A.T @ e - b
     return float(r @ r + lam * np.abs(e).sum())
 
 
-def test_reweighting_matches_a_generic_bound_constrained_solver():
-    g = torch.Generator().manual_seed(0)
-    retained = torch.randn(40, 2, generator=g, dtype=DT)
-    removed = torch.randn(5, 2, generator=g, dtype=DT) + 1.0
-    eta, sparsity = 0.7, 0.2
-    result = solve_reweighting(removed, retained, 45, eta=eta, sparsity=sparsity,
-                               max_steps=20000, tol=1e-13)
-    # the same problem in the solver's normalised units, split e = p - q to make it smooth
-    scale = float(torch.cat([removed, retained]).abs().max())
-    A, b = retained.numpy() / scale, -removed.sum(0).numpy() / scale
-    lam = sparsity * float(np.abs(2 * A @ b).max())
+def _reference(A, b, lam, eta):
+    """The same problem by a generic bound-constrained solver: e = p - q, p, q >= 0."""
+    r_count = A.shape[0]
 
     def split(x):
-        e = x[:40] - x[40:]
-        r = b + A.T @ e
-        value = r @ r + lam * x.sum()
+        e = x[:r_count] - x[r_count:]
+        r = A.T @ e - b
         g_e = 2 * A @ r
-        return value, np.concatenate([g_e + lam, -g_e + lam])
+        return r @ r + lam * x.sum(), np.concatenate([g_e + lam, -g_e + lam])
 
-    reference = minimize(split, np.zeros(80), jac=True, method="L-BFGS-B",
-                         bounds=[(0, eta)] * 40 + [(0, 1)] * 40,
-                         options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000})
-    e_ref = reference.x[:40] - reference.x[40:]
-    ours = _objective(result.e.numpy(), A, b, lam)
-    assert ours <= _objective(e_ref, A, b, lam) + 1e-9
+    out = minimize(split, np.zeros(2 * r_count), jac=True, method="L-BFGS-B",
+                   bounds=[(0, eta)] * r_count + [(0, 1)] * r_count,
+                   options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000})
+    return out.x[:r_count] - out.x[r_count:]
+
+
+@pytest.mark.parametrize("n_criteria", [1, 2])
+def test_reweighting_matches_a_generic_bound_constrained_solver(n_criteria):
+    # one criterion: the closed form; two: FISTA
+    g = torch.Generator().manual_seed(n_criteria)
+    a = torch.randn(40, n_criteria, generator=g, dtype=DT)
+    b = torch.randn(n_criteria, generator=g, dtype=DT) * 3.0
+    eta, sparsity = 0.7, 0.2
+    result = solve_reweighting(a, b, eta=eta, sparsity=sparsity, max_steps=20000, tol=1e-13)
+    assert result.method == ("closed_form" if n_criteria == 1 else "fista")
+    scale = float(a.abs().max())
+    A, target = a.numpy() / scale, b.numpy() / scale
+    lam = sparsity * float(np.abs(2 * A @ target).max())
+    ours = _objective(result.e.numpy(), A, target, lam)
+    assert ours <= _objective(_reference(A, target, lam, eta), A, target, lam) + 1e-9
     assert result.e.min() >= -1.0 and result.e.max() <= eta
+    assert result.residual_after == pytest.approx(
+        float(np.linalg.norm(A.T @ result.e.numpy() - target)) * scale)
 
 
 def test_reweighting_limits_sparsity_and_box():
     g = torch.Generator().manual_seed(1)
-    retained = torch.randn(500, 1, generator=g, dtype=DT)
-    removed = torch.randn(10, 1, generator=g, dtype=DT).abs() + 0.5
+    a = torch.randn(500, 1, generator=g, dtype=DT)
+    b = torch.tensor([4.0], dtype=DT)
     # sparsity = 1: the naive removal (no re-weighting at all)
-    none = solve_reweighting(removed, retained, 510, eta=2.0, sparsity=1.0)
+    none = solve_reweighting(a, b, eta=2.0, sparsity=1.0)
     assert none.n_nonzero == 0 and none.residual_after == pytest.approx(none.residual_before)
-    # no sparsity pressure and room in the box: the criterion change is cancelled
-    full = solve_reweighting(removed, retained, 510, eta=2.0, sparsity=0.0, max_steps=5000)
-    assert full.residual_after < 1e-6 * full.residual_before
-    # the L1 weight buys sparsity at the price of a small residual
-    sparse = solve_reweighting(removed, retained, 510, eta=2.0, sparsity=0.05, max_steps=5000,
-                               tol=1e-12)
-    assert sparse.n_nonzero < 0.1 * 500
+    # no sparsity pressure and room in the box: the change is cancelled exactly, by the
+    # largest scores first (the closed form fills them to capacity)
+    full = solve_reweighting(a, b, eta=2.0, sparsity=0.0)
+    assert full.residual_after < 1e-12 * full.residual_before
+    used = np.flatnonzero(full.e.numpy())
+    magnitudes = np.abs(a[:, 0].numpy())
+    assert magnitudes[used].min() >= np.sort(magnitudes)[-len(used)]
+    # the L1 weight buys sparsity at the price of a small residual, and the solution
+    # satisfies the optimality (KKT) conditions of the lasso with a box
+    sparse = solve_reweighting(a, b, eta=2.0, sparsity=0.05)
+    assert 0 < sparse.n_nonzero < 0.1 * 500
     assert sparse.residual_after <= 0.1 * sparse.residual_before
-    # ... and the solution satisfies the optimality (KKT) conditions of the lasso with box
-    scale = float(torch.cat([removed, retained]).abs().max())
-    A, b = retained[:, 0].numpy() / scale, -float(removed.sum()) / scale
+    scale = float(a.abs().max())
+    A, target = a[:, 0].numpy() / scale, float(b) / scale
     e, lam = sparse.e.numpy(), sparse.sparsity_weight
-    g = 2 * A * (b + A @ e)  # gradient of the smooth part
+    grad = 2 * A * (A @ e - target)  # gradient of the smooth part
     zero, up, down = e == 0, np.isclose(e, 2.0), np.isclose(e, -1.0)
     inside = ~(zero | up | down)
-    assert np.all(np.abs(g[zero]) <= lam * (1 + 1e-6) + 1e-9)
-    np.testing.assert_allclose(g[inside] + lam * np.sign(e[inside]), 0, atol=1e-6 * lam)
-    assert np.all(g[up] + lam <= 1e-9) and np.all(g[down] - lam >= -1e-9)
+    assert np.all(np.abs(grad[zero]) <= lam * (1 + 1e-9) + 1e-12)
+    np.testing.assert_allclose(grad[inside] + lam * np.sign(e[inside]), 0, atol=1e-9)
+    assert np.all(grad[up] + lam <= 1e-9) and np.all(grad[down] - lam >= -1e-9)
     # eta = 0 forbids up-weighting: only down-weighting (to at most removal) remains
-    down = solve_reweighting(removed, retained, 510, eta=0.0, sparsity=0.0)
-    assert down.e.max() <= 0.0 and down.e.min() >= -1.0
+    down_only = solve_reweighting(a, b, eta=0.0, sparsity=0.0)
+    assert down_only.e.max() <= 0.0 and down_only.e.min() >= -1.0
 
 
 # ========================================================== closed form: Newton removal
@@ -210,8 +231,9 @@ def test_patch_with_the_original_hessian_is_the_influence_function_step(convex):
     grads, hessians = _closed_form_parts(theta, train, train.n_classes)
     n, p = grads.shape
     H = hessians.mean(axis=0) + LAM * np.eye(p)
-    # Koh & Liang: up-weighting j by eps = -1/n moves theta by -H^{-1} eps grad_j
-    expected = theta + np.linalg.solve(H, grads[j] + LAM * theta) / n
+    # Koh & Liang's step with the full-data Hessian; the retained weights are renormalised
+    # to 1/(n-1), so the removed sample's gradient difference is divided by n - 1
+    expected = theta + np.linalg.solve(H, grads[j] + LAM * theta) / (n - 1)
     np.testing.assert_allclose(_theta(m.fitted_.module), expected, rtol=1e-8, atol=1e-11)
 
 
@@ -231,6 +253,51 @@ def test_removing_one_sample_lands_close_to_leave_one_out_retraining(convex):
         assert error < 0.05 * shift, (j, error, shift)
 
 
+def test_the_patch_is_the_gradient_difference_at_a_point_that_is_not_an_optimum(convex):
+    # the weighting fix: a model SGD left short of its optimum is patched by the change the
+    # request makes to the gradient, -H_R^{-1} (grad J_R(theta) - grad J(theta)), not by a
+    # Newton step on the retained objective, which would also finish the training
+    train, val, _ = convex
+    module = _fit_logreg(train)
+    with torch.no_grad():
+        module[0].weight.mul_(0.7)  # far from the optimum: the gradient is large
+    removed = np.array([5, 40, 41, 90, 150])
+    m = NaiveInfluence.from_model(module, train, val, **_exact_params())
+    m.forget(removed)
+    theta = _theta(module)
+    grads, hessians = _closed_form_parts(theta, train, train.n_classes)
+    n, p = grads.shape
+    keep = ~np.isin(np.arange(n), removed)
+    H_R = hessians[keep].mean(axis=0) + LAM * np.eye(p)
+    difference = grads[keep].mean(axis=0) - grads.mean(axis=0)  # the L2 terms cancel
+    expected = theta - np.linalg.solve(H_R, difference)
+    np.testing.assert_allclose(_theta(m.fitted_.module), expected, rtol=1e-8, atol=1e-11)
+    newton = theta - np.linalg.solve(H_R, grads[keep].mean(axis=0) + LAM * theta)
+    # the removal's own signal is well below the step of unfinished training that a Newton
+    # step on the retained objective would add
+    assert np.linalg.norm(expected - theta) < 0.5 * np.linalg.norm(newton - theta)
+
+
+def test_a_corrective_step_converges_to_retraining_on_a_convex_model(convex):
+    # with the tilted objective over the retained rows (every row is in the curvature
+    # sample here) later steps head for the retained optimum: exact retraining
+    train, val, module = convex
+    removed = np.arange(0, 200, 7)  # 29 samples: far enough for the first step to miss
+    retrained = _theta(_fit_logreg(train.drop(removed), init=module))
+    errors = {}
+    for steps in (1, 2, 3):
+        m = NaiveInfluence.from_model(module, train, val, **_exact_params(newton_steps=steps))
+        report = m.forget(removed)
+        assert report.details["newton_steps"] == steps
+        errors[steps] = np.linalg.norm(_theta(m.fitted_.module) - retrained)
+    # the chord method (the first step's curvature reused) converges linearly
+    assert errors[3] < errors[2] < 0.3 * errors[1], errors
+    # "auto" takes the corrective step only for requests of at least 0.1 % of the data
+    auto = NaiveInfluence(**_exact_params(newton_steps="auto"))
+    assert auto.point_steps(1, 200) == 1 and auto.point_steps(29, 200) == 2
+    assert auto.point_steps(5, 54_000) == 1 and auto.point_steps(540, 54_000) == 2
+
+
 def test_scores_are_the_influence_on_the_validation_loss(convex):
     train, val, module = convex
     m = PUMA.from_model(module, train, val, **_exact_params())
@@ -245,14 +312,11 @@ def test_scores_are_the_influence_on_the_validation_loss(convex):
     # and they predict leave-one-out: removing i changes the validation loss by about
     # -(I_i + I_omega) / n, I_omega being the regulariser share of i's objective term
     i_omega = -LAM * theta @ np.linalg.solve(H, val_grads.mean(axis=0))
-    X_val, y_val = val.X.to(DT), val.y
-    with torch.no_grad():
-        base = float(F.cross_entropy(module(X_val), y_val))
+    base = _val_loss(module, val)
     predicted, actual = [], []
     for i in np.argsort(scores)[::20]:  # 10 samples across the whole range of scores
         loo = _fit_logreg(train.drop([int(train.ids[i])]), init=module)
-        with torch.no_grad():
-            actual.append(float(F.cross_entropy(loo(X_val), y_val)) - base)
+        actual.append(_val_loss(loo, val) - base)
         predicted.append(-(scores[i] + i_omega) / len(train))
     assert np.corrcoef(predicted, actual)[0, 1] > 0.95
     np.testing.assert_allclose(actual, predicted, rtol=0.3, atol=1e-4)
@@ -263,14 +327,18 @@ def test_reweighting_keeps_the_criterion_closer_than_naive_removal(convex):
     # the 10 most helpful samples: removing them raises the validation loss most
     ids = rank_mislabelled(PUMA.from_model(module, train, val, **_exact_params()))[-10:]
     changes = {}
+    base = _val_loss(module, val)
     for cls, extra in ((NaiveInfluence, {}), (PUMA, {"eta": 2.0, "sparsity": 0.05})):
         m = cls.from_model(module, train, val, **_exact_params(**extra))
         d = m.forget(ids).details
-        changes[cls.name] = abs(d["criterion_after"] - d["criterion_before"])
+        changes[cls.name] = abs(_val_loss(m.fitted_.module, val) - base)
         if cls is PUMA:
             assert 0 < d["n_reweighted"] < 0.5 * len(train)
+            assert d["reweight_method"] == "closed_form"
             naive, predicted = d["criterion_change_naive"][0], d["criterion_change_predicted"][0]
             assert abs(predicted) <= 0.25 * abs(naive)
+            # the linearised prediction of the naive change is the measured one, roughly
+            assert naive == pytest.approx(changes["influence"], rel=0.3)
     assert changes["puma"] < 0.25 * changes["influence"]
 
 
@@ -317,7 +385,7 @@ def test_ranking_finds_planted_mislabels_far_faster_than_random(digits):
 
 def test_validation_ids_are_known_before_fit_and_are_the_split_fit_holds_out(digits):
     train, _ = digits
-    m = PUMA(**PUMA._test_params(), val_fraction=0.2)
+    m = PUMA(**{**PUMA._test_params(), "val_fraction": 0.2})
     before = m.validation_ids(train)
     assert 0.15 * len(train) < len(before) < 0.25 * len(train)
     # keyed by id: a subset of the data gets exactly the subset of the split
@@ -333,27 +401,164 @@ def test_validation_ids_are_known_before_fit_and_are_the_split_fit_holds_out(dig
         PUMA(val_fraction=1.5).validation_ids(train)
 
 
+def test_an_external_validation_set_gives_retrains_base_model(digits):
+    # with validation= nothing of the training data is held out: PUMA's base model is the
+    # model Retrain trains on the same data, bit for bit
+    train, test = digits
+    params = {k: v for k, v in PUMA._test_params().items() if k not in ("val_fraction",)}
+    m = PUMA(**params, validation=test.select(test.ids[:100])).fit(train)
+    training = {k: v for k, v in params.items() if k != "solver"}
+    r = Retrain(**training, weight_decay=m.weight_decay).fit(train)
+    for name, tensor in m.fitted_.module.state_dict().items():
+        assert torch.equal(tensor, r.fitted_.submodels[0].module.state_dict()[name]), name
+    assert np.array_equal(m.fitted_.val_ids, np.sort(test.ids[:100]))
+    assert m.score(test) == r.score(test)
+    with pytest.raises(InvalidParameterError, match="share ids"):
+        PUMA(**params, validation=train.select(train.ids[:10])).fit(train)
+    m.forget(train.ids[:3])
+    m.forget(test.ids[:2])  # criterion samples can be forgotten too: they leave it
+    assert len(m.fitted_.val_ids) == 98
+
+
+# ============================================================ the disk rule, bounded work
+def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path):
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}, "refresh_after": None}
+    m = PUMA(**params, store=tmp_path / "puma").fit(train)
+    old = m.fitted_
+    old_blobs = {b: s.blob_name for b, s in old.cache.buckets.items()}
+    val_id = int(old.val_ids[0])
+    train_id = int(np.setdiff1d(m.training_data.ids, old.val_ids)[0])
+    report = m.forget([train_id, val_id])
+    touched = set(data_buckets(np.array([train_id, val_id])).tolist())
+    assert set(report.details["touched_buckets"]) == touched
+    live = m.store_.list_blobs()
+    # the old model, the old criterion ids and every bucket that held a forgotten sample's
+    # contribution are purged; untouched buckets are kept as they were
+    assert {old.model_blob, old.val_blob} <= set(report.purged)
+    for b, name in old_blobs.items():
+        assert (name in live) == (b not in touched), b
+    # each touched bucket is exactly what a computation on its retained rows, at the
+    # parameters of the request, gives
+    new = m.fitted_
+    lin = Linearisation(m, old.module, m.training_data, new.val_ids, (),
+                        sample_fraction=old.cache.sample_fraction)
+    rows = {b: r for b, r in _bucket_rows(lin).items() if b in touched}
+    for b, r in rows.items():
+        fresh = compute_bucket(lin.curv, lin.layers, lin.uncovered, b, r, key="", generation=0)
+        stored = new.cache.buckets[b]
+        assert stored.n_sample == len(r.sample) and float(stored.crit_count.sum()) == sum(
+            len(c) for c in r.criteria)
+        torch.testing.assert_close(stored.grad_sum, fresh.grad_sum)
+        for x, y in zip(stored.kfac.A + stored.kfac.G, fresh.kfac.A + fresh.kfac.G, strict=True):
+            torch.testing.assert_close(x, y)
+    assert val_id not in new.val_ids and report.details["n_forgotten_val"] == 1
+    assert m.verify() == 2
+    reopened = expunge.open(tmp_path / "puma")
+    assert reopened.fingerprint() == m.fingerprint()
+    assert {b: s.key for b, s in reopened.fitted_.cache.buckets.items()} == {
+        b: s.key for b, s in new.cache.buckets.items()}
+    torch.testing.assert_close(reopened.predict_proba(train.X[:10]), m.predict_proba(train.X[:10]))
+    reopened.forget([int(np.setdiff1d(reopened.training_data.ids, new.val_ids)[0])])
+    reopened.close()
+    m.close()
+
+
+def _bucket_rows(lin):
+    from expunge.strategies.approximate.puma._cache import bucket_rows
+
+    return bucket_rows(lin.data.ids, lin.sample_rows, lin.criterion_groups)
+
+
+def test_a_request_never_passes_over_the_training_set(digits, monkeypatch):
+    # per-request work independent of n: count the rows every model evaluation touches
+    train, _ = digits
+    params = {"model": "mlp", "model_params": {"hidden_sizes": [8]}, "epochs": 1,
+              "val_fraction": 0.02, "cache_samples": 160, "candidates": 40,
+              "refresh_after": None}
+    m = PUMA(**params).fit(train)
+    sample_ids = m.training_data.ids[Linearisation(
+        m, m.fitted_.module, m.training_data, m.fitted_.val_ids, (),
+        sample_fraction=m.fitted_.cache.sample_fraction).sample_rows]
+    outside = int(np.setdiff1d(m.training_data.ids, np.union1d(sample_ids,
+                                                                m.fitted_.val_ids))[0])
+    inside = int(sample_ids[0])
+    counted = []
+    original = LossCurvature._logits
+
+    def counting(self, theta, rows):
+        counted.append(int(rows.shape[0]))
+        return original(self, theta, rows)
+
+    monkeypatch.setattr(LossCurvature, "_logits", counting)
+    for request in ([outside], [inside]):
+        counted.clear()
+        report = m.forget(request)
+        n = len(m.training_data)
+        # the forgotten sample, the candidates' scores and support, the damping-free
+        # K-FAC solves, and (inside the curvature sample) one bucket's rows, a few times
+        assert sum(counted) < 0.5 * n, (request, sum(counted), n)
+        assert bool(report.details["touched_buckets"]) == (request == [inside])
+
+
+def test_forgetting_only_validation_samples_leaves_the_model_unchanged(digits):
+    train, _ = digits
+    m = PUMA(**PUMA._test_params()).fit(train)
+    before, n_val = m.fingerprint(), len(m.fitted_.val_ids)
+    counts = float(m.fitted_.cache.totals().crit_count.sum())
+    report = m.forget(m.fitted_.val_ids[:3])
+    assert report.fingerprint_after == before  # never trained on: nothing to patch
+    assert len(m.fitted_.val_ids) == n_val - 3
+    assert float(m.fitted_.cache.totals().crit_count.sum()) == counts - 3
+
+
+def test_scheduled_refresh_equals_a_manual_one_and_is_reported(digits):
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac"}
+    scheduled = PUMA(**params, refresh_after=0.0).fit(train)
+    manual = PUMA(**params, refresh_after=None).fit(train)
+    a = scheduled.forget(train.ids[10:20])
+    b = manual.forget(train.ids[10:20])
+    assert a.details["refreshed"] and not b.details["refreshed"]
+    assert a.details["seconds"]["refresh"] > 0 and a.fingerprint_after == b.fingerprint_after
+    assert manual.fitted_.cache.bucket_lag() == 1
+    out = manual.refresh()
+    assert out["seconds"] > 0 and manual.fitted_.cache.bucket_lag() == 0
+    assert {k: s.key for k, s in manual.fitted_.cache.buckets.items()} == {
+        k: s.key for k, s in scheduled.fitted_.cache.buckets.items()}
+    assert manual.fingerprint() == b.fingerprint_after  # the model does not change
+    c, d = scheduled.forget(train.ids[30:35]), manual.forget(train.ids[30:35])
+    assert c.fingerprint_after == d.fingerprint_after
+
+
 # ============================================================ warnings, errors, contract
 def test_unconverged_solver_warns(digits):
     train, _ = digits
+    m = PUMA(model="logreg", epochs=1, solver="cg", preconditioner="none", max_iter=2).fit(train)
     with pytest.warns(ApproximationWarning, match="did not converge"):
-        PUMA(model="logreg", epochs=1, solver="cg", preconditioner="none", max_iter=2).fit(train)
+        m.forget(train.ids[:3])
 
 
 def test_indefinite_exact_hessian_warns_and_is_repaired(digits):
     train, _ = digits
     small = train.select(train.ids[:300])
+    m = PUMA(model="mlp", model_params={"hidden_sizes": [8]}, epochs=2, hessian="exact",
+             solver="cholesky", damping=0.0, weight_decay=0.0, val_fraction=0.1).fit(small)
     with pytest.warns(ApproximationWarning, match="not positive definite"):
-        PUMA(model="mlp", model_params={"hidden_sizes": [8]}, epochs=2, hessian="exact",
-             solver="cholesky", damping=0.0, weight_decay=0.0).fit(small)
+        m.forget(small.ids[:2])
 
 
 def test_parameter_and_request_errors_change_nothing(digits):
     train, _ = digits
     with pytest.raises(InvalidParameterError, match="'eta' parameter of PUMA"):
         PUMA(model="logreg", eta=-1.0).fit(train)
-    with pytest.raises(InvalidParameterError, match="validation split"):
+    with pytest.raises(InvalidParameterError, match="validation samples"):
         PUMA(model="logreg", val_fraction=0.0).fit(train)
+    with pytest.raises(InvalidParameterError, match="hessian"):
+        PUMA(model="logreg", hessian="exact").fit(train)
+    with pytest.raises(InvalidParameterError, match="damping"):
+        NaiveInfluence(model="logreg", val_fraction=0.0).fit(train)
     with pytest.raises(NotFittedError):
         PUMA(model="logreg").forget([1])
     m = PUMA(**PUMA._test_params()).fit(train)
@@ -376,56 +581,6 @@ def test_parameter_and_request_errors_change_nothing(digits):
     assert m.fingerprint() == after and m.store_.list_blobs() == blobs
 
 
-def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path):
-    train, _ = digits
-    m = PUMA(**PUMA._test_params(), store=tmp_path / "puma").fit(train)
-    old = m.fitted_
-    val_id = int(old.val_ids[0])
-    train_id = int(np.setdiff1d(m.training_data.ids, old.val_ids)[0])
-    report = m.forget([train_id, val_id])
-    # the old model, the old criterion ids and every cache computed with them are purged
-    assert {old.model_blob, old.val_blob, old.cache.blob_name()} <= set(report.purged)
-    live = m.store_.list_blobs()
-    assert old.model_blob not in live and old.cache.blob_name() not in live
-    new = m.fitted_
-    assert val_id not in new.val_ids and train_id not in new.cache.score_ids
-    assert report.details["n_forgotten_val"] == 1
-    # the refreshed cache was computed at the patched parameters, on the retained data
-    assert report.details["refresh_seconds"] > 0 and new.cache is not None
-    assert m.verify() == 2
-    reopened = expunge.open(tmp_path / "puma")
-    assert reopened.fingerprint() == m.fingerprint()
-    assert reopened.fitted_.cache is not None
-    torch.testing.assert_close(reopened.predict_proba(train.X[:10]), m.predict_proba(train.X[:10]))
-    reopened.forget([int(np.setdiff1d(reopened.training_data.ids, new.val_ids)[0])])
-    reopened.close()
-    m.close()
-
-
-def test_forgetting_only_validation_samples_leaves_the_model_unchanged(digits):
-    train, _ = digits
-    m = PUMA(**PUMA._test_params()).fit(train)
-    before, n_val = m.fingerprint(), len(m.fitted_.val_ids)
-    old_key = m.fitted_.cache.criterion_key
-    report = m.forget(m.fitted_.val_ids[:3])
-    assert report.fingerprint_after == before  # never trained on: nothing to patch
-    assert len(m.fitted_.val_ids) == n_val - 3
-    assert m.fitted_.cache.criterion_key != old_key  # scores recomputed without them
-
-
-def test_lazy_refresh_gives_the_same_model_as_eager(digits):
-    train, _ = digits
-    prints = {}
-    for refresh in ("eager", "lazy"):
-        m = PUMA(**PUMA._test_params(), refresh=refresh).fit(train)
-        first = m.forget([10, 20])
-        assert (m.fitted_.cache is None) == (refresh == "lazy")
-        second = m.forget([30])
-        assert second.details["cache_rebuilt"] == (refresh == "lazy")
-        prints[refresh] = (first.fingerprint_after, m.fingerprint())
-    assert prints["eager"] == prints["lazy"]
-
-
 def test_same_seed_same_fingerprint_and_registration(digits):
     train, _ = digits
     a = PUMA(**PUMA._test_params()).fit(train)
@@ -435,9 +590,8 @@ def test_same_seed_same_fingerprint_and_registration(digits):
     assert a.ledger.entries()[0].guarantee == "approximate"
     naive = NaiveInfluence(**NaiveInfluence._test_params()).fit(train)
     assert naive.fingerprint() == a.fingerprint()  # the same validation split and training
-    assert naive.fitted_.cache.v is None  # no criterion solve for the naive baseline
     assert "eta" not in naive.get_params()
-    # ... but it can still rank its samples: computed on demand, equal to PUMA's scores
+    # it can rank its samples too: computed on demand, equal to PUMA's scores
     ids_n, scores_n = harmfulness_scores(naive)
     ids_p, scores_p = harmfulness_scores(a)
     np.testing.assert_array_equal(ids_n, ids_p)
@@ -456,6 +610,7 @@ def test_from_model_records_the_fit_and_reopens(convex, tmp_path):
     m.close()
     reopened = expunge.open(tmp_path / "s", model=module)
     assert reopened.fingerprint() == m.fingerprint()
+    reopened.forget([int(train.ids[1])])
     reopened.close()
 
 
@@ -463,6 +618,8 @@ def test_from_model_records_the_fit_and_reopens(convex, tmp_path):
 def test_iterative_solvers_patch_like_the_direct_one(digits, solver):
     train, _ = digits
     extra = {"lissa_depth": 100, "lissa_batch": 256} if solver == "lissa" else {}
+    if solver == "kfac":  # the same damping as the exact solve: only the curvature differs
+        extra["damping"] = 0.0
     exact = PUMA(**PUMA._test_params())
     other = PUMA(**{**PUMA._test_params(), "solver": solver, **extra})
     moved = []
@@ -472,7 +629,7 @@ def test_iterative_solvers_patch_like_the_direct_one(digits, solver):
             before = torch.cat([p.detach().reshape(-1) for p in m.fitted_.module.parameters()])
             m.forget(train.ids[100:110])
             after = torch.cat([p.detach().reshape(-1) for p in m.fitted_.module.parameters()])
-            moved.append(after - before)
+            moved.append((after - before).double())
     cosine = float(F.cosine_similarity(moved[0], moved[1], dim=0))
     # CG solves the same systems to 1e-5; K-FAC and a short LiSSA only approximate them
     assert cosine > {"cg": 0.999, "kfac": 0.5, "lissa": 0.6}[solver], cosine
@@ -483,7 +640,7 @@ def test_fit_trains_the_same_model_as_retrain_on_the_training_split(digits, mode
     train, _ = digits
     params = {**PUMA._test_params(), "model": model, "solver": "kfac"}
     m = PUMA(**params).fit(train)
-    training = {k: v for k, v in params.items() if k != "solver"}
+    training = {k: v for k, v in params.items() if k not in ("solver", "val_fraction")}
     r = Retrain(**training, weight_decay=m.weight_decay).fit(train.drop(m.fitted_.val_ids))
     ours, theirs = m.fitted_.module.state_dict(), r.fitted_.submodels[0].module.state_dict()
     assert ours.keys() == theirs.keys()
@@ -494,11 +651,48 @@ def test_fit_trains_the_same_model_as_retrain_on_the_training_split(digits, mode
 def test_last_layer_scope_and_per_class_criterion(digits):
     train, test = digits
     m = PUMA(model="mlp", model_params={"hidden_sizes": [16]}, epochs=5, batch_size=32, lr=0.1,
-             momentum=0.9, scope="last_layer", criterion="per_class_loss").fit(train)
+             momentum=0.9, scope="last_layer", criterion="per_class_loss",
+             val_fraction=0.1).fit(train)
     assert m.fitted_.info["n_params_in_scope"] == 17 * 10
-    assert m.fitted_.cache.v.shape == (10, 170)  # one criterion per class
+    assert m.fitted_.info["kfac_layers"] == 1
+    assert m.fitted_.cache.totals().crit_grad.shape == (10, 170)  # one criterion per class
     first_layer = m.fitted_.module[1].weight.detach().clone()
     report = m.forget(m.training_data.ids[:30])
     assert len(report.details["criterion_change_predicted"]) == 10
+    assert report.details["reweight_method"] in ("fista", "none")
     assert torch.equal(m.fitted_.module[1].weight, first_layer)  # frozen below the head
     assert report.details["patch_norm"] > 0 and m.score(test) > 0.8
+
+
+def test_whole_network_kfac_on_a_convolutional_network(digits):
+    train, test = digits
+    m = PUMA(model="lenet", epochs=4, batch_size=32, lr=0.05, momentum=0.9,
+             val_fraction=0.1).fit(train)
+    info = m.fitted_.info
+    assert info["kfac_layers"] == 5 and info["params_outside_kfac"] == 0  # 2 conv + 3 dense
+    assert info["damping_rule"] == "leave-one-out" and info["damping"] >= 0
+    assert info["damping_status"] in ("matched", "floor", "no_gap")
+    before = m.score(test)
+    report = m.forget(m.training_data.ids[:20])
+    assert report.details["patch_norm"] > 0 and abs(m.score(test) - before) < 0.03
+    label = 3
+    m.forget_class(label)
+    assert m.score(test.where((test.y == label).numpy())) <= 0.1
+
+
+def test_fit_reports_progress_for_every_stage(digits, monkeypatch):
+    # fit is never silent: training, the cache's sums and the damping rule each show a bar
+    train, _ = digits
+    from expunge._progress import Progress
+
+    seen = []
+    original = Progress.task
+
+    def recording(self, description, total):
+        seen.append(description)
+        return original(self, description, total)
+
+    monkeypatch.setattr(Progress, "task", recording)
+    PUMA(model="mlp", model_params={"hidden_sizes": [8]}, epochs=1, show_progress=True).fit(train)
+    assert any("training" in s for s in seen)
+    assert any("K-FAC" in s for s in seen) and any("damping" in s for s in seen)

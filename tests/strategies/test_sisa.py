@@ -120,7 +120,7 @@ def test_no_checkpoint_trained_on_a_forgotten_id_remains(data, layout, tmp_path)
     assert not np.isin(request, stored).any()
     on_disk = {p.suffix for p in (tmp_path / "s").rglob("*") if p.is_file()}
     assert on_disk <= {".safetensors", ".sqlite", ".json", ".sqlite-wal", ".sqlite-shm", "",
-                       ".key", ".lock"}  # the store's secret and its (empty) lock files
+                       ".key", ".lock", ".pem"}  # the store's secret, lock files, signing key
     assert (tmp_path / "s" / "write.lock").stat().st_size == 0  # no holder recorded now
 
 

@@ -1,7 +1,7 @@
 """``expunge bench``: reproduce the papers' experiments from the specs shipped as package data
 (``expunge/bench/specs``)."""
 
-from expunge.bench import _kinds_methods  # noqa: F401  (registers the method kinds)
+from expunge.bench import _kinds_e8, _kinds_methods, _kinds_tune  # noqa: F401  (register kinds)
 from expunge.bench._kinds import KINDS
 from expunge.bench._runner import render_folder, render_results, run_all, run_experiment
 from expunge.bench._spec import ExperimentSpec, available_experiments, load_spec, spec_dir

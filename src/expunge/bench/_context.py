@@ -24,6 +24,8 @@ class Context:
     scratch: Path
     quick: bool
     log: Any = print
+    #: progress bars for the training the experiment runs (``expunge bench`` without --quiet)
+    show_progress: bool = False
     _data: tuple[IndexedDataset, IndexedDataset] | None = None
     _fitted: dict[str, tuple[Path, float]] = field(default_factory=dict)
 
@@ -37,7 +39,7 @@ class Context:
         """A fresh, unfitted strategy for ``label`` (recipe + its params + the seed); a
         parameter the strategy does not take is an ``InvalidParameterError`` naming it."""
         name, params = self.spec.strategy_params(label, self.seed)
-        params.update(overrides)
+        params = {"show_progress": self.show_progress, **params, **overrides}
         return expunge.get_strategy(name)().set_params(**params, store=store)
 
     def fitted_copy(self, label: str, reopen: dict[str, Any] | None = None,

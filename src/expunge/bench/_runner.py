@@ -68,7 +68,7 @@ def aggregate(kind: Kind, per_seed: list[list[dict[str, Any]]]) -> list[dict[str
 
 
 def _format(value: Any, fmt: str, std: float | None = None) -> str:
-    if isinstance(value, float) and math.isnan(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if fmt == "s":
         return str(value)
@@ -87,7 +87,9 @@ def markdown_table(kind: Kind, rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
-        cells = [_format(row.get(k, float("nan")), f, row.get(f"{k}_std")) for k, _, f in columns]
+        # a 95 % interval (``<field>_ci``) when the kind computed one, else the std over seeds
+        cells = [_format(row.get(k, float("nan")), f, row.get(f"{k}_ci", row.get(f"{k}_std")))
+                 for k, _, f in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,6 +97,7 @@ def markdown_table(kind: Kind, rows: list[dict[str, Any]]) -> str:
 def run_experiment(
     spec: ExperimentSpec, *, quick: bool, seeds: Sequence[int], out: Path,
     data_roots: dict[str, Path | None], log: Callable[[str], None] = print,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Run one experiment for every seed; write ``<out>/<name>.json`` and ``.png``."""
     spec = spec.resolved(quick)
@@ -111,7 +114,7 @@ def run_experiment(
     try:
         for seed in seeds:
             ctx = Context(spec=spec, seed=int(seed), data_roots=data_roots, scratch=scratch,
-                          quick=quick, log=log)
+                          quick=quick, log=log, show_progress=show_progress)
             per_seed.append(kind.run(ctx)["rows"])
             # each seed fits its own models; free the copies before the next seed
             for child in scratch.iterdir():
@@ -157,7 +160,8 @@ def render_results(results: list[dict[str, Any]], out: Path) -> str:
 
 def run_all(names: Sequence[str], *, quick: bool, seeds: Sequence[int], out: Path,
             data_roots: dict[str, Path | None], specs: Path | None = None,
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+            log: Callable[[str], None] = print,
+            show_progress: bool = False) -> list[dict[str, Any]]:
     known = available_experiments(specs)
     if list(names) == ["all"]:
         names = list(known)
@@ -167,7 +171,8 @@ def run_all(names: Sequence[str], *, quick: bool, seeds: Sequence[int], out: Pat
             f"Unknown experiment(s) {missing}. Available: {', '.join(known)} or 'all'."
         )
     results = [run_experiment(load_spec(known[n]), quick=quick, seeds=seeds, out=out,
-                              data_roots=data_roots, log=log) for n in names]
+                              data_roots=data_roots, log=log, show_progress=show_progress)
+               for n in names]
     render_results(collect_results(out, order=list(known), quick=quick), out)
     return results
 

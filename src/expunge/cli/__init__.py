@@ -33,12 +33,30 @@ def _commands() -> list[ModuleType]:
     return modules
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars and no informational output")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback on errors")
+def _fit_strategy(argv: Sequence[str]) -> str | None:
+    """The strategy ``expunge fit`` is asked for (``fit NAME`` or ``fit --strategy NAME``)."""
+    tokens = list(argv)
+    for position, token in enumerate(tokens):
+        if token.startswith("-"):
+            continue
+        if token != "fit":
+            return None
+        rest = tokens[position + 1:]
+        for index, item in enumerate(rest):
+            if item == "--strategy" and index + 1 < len(rest):
+                return rest[index + 1]
+            if item.startswith("--strategy="):
+                return item.split("=", 1)[1]
+        return rest[0] if rest and not rest[0].startswith("-") else None
+    return None
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from expunge.cli._common import common_parser
+    from expunge.cli.commands import fit
+
+    fit.SELECTED = _fit_strategy(argv)
+    common = common_parser()
     parser = argparse.ArgumentParser(
         prog="expunge", parents=[common],
         description="Machine unlearning for PyTorch: fit, forget, evaluate, audit.",
@@ -55,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
     args.quiet = bool(getattr(args, "quiet", False))
     args.debug = bool(getattr(args, "debug", False))
     if getattr(args, "_run", None) is None:

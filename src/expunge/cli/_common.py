@@ -98,24 +98,62 @@ def strategy_flags() -> dict[str, tuple[Any, set[str]]]:
     return flags
 
 
-def add_strategy_flags(parser: argparse.ArgumentParser) -> None:
+def common_parser() -> argparse.ArgumentParser:
+    """The flags every command takes (before or after its name)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars and no informational output")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    return common
+
+
+def _choices(cls: type[UnlearningStrategy], name: str) -> str | None:
+    """``{a,b}`` for a parameter that takes one of fixed values (its Options constraint)."""
+    from expunge._validation import Options
+
+    for constraint in cls._parameter_constraints.get(name, []):
+        if isinstance(constraint, Options):
+            return "{" + ",".join(str(v) for v in constraint.values) + "}"
+    return None
+
+
+def _metavar(kind: Any) -> str:
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(kind, "VALUE")
+
+
+def add_strategy_flags(parser: argparse.ArgumentParser, strategy: str | None = None) -> None:
+    """One flag per constructor parameter (``n_shards`` <-> ``--n-shards``).
+
+    Every strategy's flags are accepted (so that a flag of another strategy gets a clear
+    error naming the strategy, not argparse's usage dump), but only ``strategy``'s are
+    shown in the help, each with its description, default and allowed values.
+    """
+    from expunge.cli._help import parameter_help
+
+    shown = None
+    if strategy is not None and strategy in available_strategies():
+        shown = get_strategy(strategy)
     group = parser.add_argument_group(
-        "strategy parameters", "the constructor parameters, one flag each (n_shards <-> "
-        "--n-shards); each applies to the strategies named in its help"
-    )
+        f"{shown.__name__} parameters" if shown else "strategy parameters",
+        "one flag per constructor parameter (n_shards <-> --n-shards); a --config TOML file "
+        "may set them too, flags override it" if shown else
+        "see `expunge fit STRATEGY --help` for one strategy's parameters")
     for name, (kind, owners) in sorted(strategy_flags().items()):
         flag = "--" + name.replace("_", "-")
-        owners_text = ", ".join(sorted(owners))
+        text = argparse.SUPPRESS
+        if shown is not None and shown.name in owners:
+            text = parameter_help(shown, name)
+        choices = _choices(shown, name) if shown is not None else None
         if kind is bool:
             group.add_argument(flag, dest=f"param_{name}", action=argparse.BooleanOptionalAction,
-                               default=None, help=f"({owners_text})")
+                               default=None, help=text)
         elif kind == "json":
             group.add_argument(flag, dest=f"param_{name}", default=None, metavar="JSON",
-                               help=f'model options as JSON, e.g. \'{{"hidden_sizes": [256]}}\' '
-                                    f"({owners_text})")
+                               help=text)
         else:
-            group.add_argument(flag, dest=f"param_{name}", type=kind, default=None,
-                               help=f"({owners_text})")
+            group.add_argument(flag, dest=f"param_{name}", default=None,
+                               metavar=choices or _metavar(kind), type=kind, help=text)
     parser.add_argument("--config", help="TOML file of constructor parameters (flags override)")
 
 

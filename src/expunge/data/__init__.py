@@ -4,7 +4,7 @@
 ``0..n_train-1`` and test ids start at ``TEST_ID_OFFSET`` (1_000_000) so the two never collide.
 """
 
-from expunge.data._dataset import IndexedDataset, as_id_array
+from expunge.data._dataset import IndexedDataset, as_id_array, as_subject_array
 from expunge.data._loaders import (
     TEST_ID_OFFSET,
     available_datasets,
@@ -20,6 +20,7 @@ __all__ = [
     "TEST_ID_OFFSET",
     "IndexedDataset",
     "as_id_array",
+    "as_subject_array",
     "available_datasets",
     "class_forget_ids",
     "download_mnist",

@@ -38,6 +38,41 @@ def _as_tensor(values: ArrayLike, name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array))
 
 
+def as_subject_array(subjects: ArrayLike, n: int) -> np.ndarray:
+    """Validate subject keys: one per sample, each a non-empty ``str``, an ``int`` or ``None``.
+
+    Ints are turned into their decimal text (``17`` and ``"17"`` name the same subject);
+    ``None`` marks a sample that belongs to no subject. Returns a read-only object array.
+    """
+    if isinstance(subjects, (str, bytes)):
+        raise DatasetError(
+            "subjects must be one key per sample (a list of strings); got a single string."
+        )
+    try:
+        items = list(subjects)
+    except TypeError:
+        raise DatasetError(
+            f"subjects must be a sequence of keys, one per sample; got {type(subjects).__name__}."
+        ) from None
+    if len(items) != n:
+        raise DatasetError(f"subjects has {len(items)} entries but there are {n} samples.")
+    out = np.empty(n, dtype=object)
+    for position, key in enumerate(items):
+        if key is None:
+            out[position] = None
+        elif isinstance(key, str) and key:
+            out[position] = key
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            out[position] = str(int(key))
+        else:
+            raise DatasetError(
+                f"subject keys must be non-empty strings, ints or None; sample at position "
+                f"{position} has {key!r}. Pass e.g. a user id or an e-mail address."
+            )
+    out.setflags(write=False)
+    return out
+
+
 def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "ids") -> np.ndarray:
     """Validate and convert ids to a 1-D int64 array, refusing anything that is not an integer.
 
@@ -102,6 +137,10 @@ class IndexedDataset:
         X: inputs, first dimension = samples (any trailing shape; stored as float32).
         y: integer class labels in ``0..n_classes-1``.
         ids: unique int64 ids; ``0..n-1`` when omitted.
+        subjects: optional subject key per sample (the person the sample is about: a user
+            id, an e-mail address; ``None`` for none), so that ``forget_subject(key)`` can
+            forget every sample of one person. Keys stay in memory: a store keeps only a
+            keyed hash of them (docs/operations.md).
         n_classes: number of classes; inferred as ``max(y) + 1`` when omitted. Give it when
             a subset may lack the last class, so that models keep their output size.
 
@@ -111,13 +150,14 @@ class IndexedDataset:
         [0, 2]
     """
 
-    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "y")
+    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "subjects", "y")
 
     def __init__(
         self,
         X: ArrayLike,
         y: ArrayLike,
         ids: ArrayLike | None = None,
+        subjects: ArrayLike | None = None,
         *,
         n_classes: int | None = None,
     ) -> None:
@@ -164,6 +204,9 @@ class IndexedDataset:
         self.ids: np.ndarray = ids_a
         self.ids.setflags(write=False)
         self.n_classes: int = int(n_classes)
+        #: subject key per sample (object array of str or None), or None without subjects
+        self.subjects: np.ndarray | None = (
+            None if subjects is None else as_subject_array(subjects, n))
         self._id_to_position: dict[int, int] | None = None
 
     # ------------------------------------------------------------------ basics
@@ -177,7 +220,7 @@ class IndexedDataset:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a view pickles as its own rows, never as the tensor it was cut from
-        return (_rebuild, (self.X, self.y, self.ids, self.n_classes))
+        return (_rebuild, (self.X, self.y, self.ids, self.n_classes, self.subjects))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -234,6 +277,7 @@ class IndexedDataset:
         ids.setflags(write=False)
         subset.ids = ids
         subset.n_classes = self.n_classes
+        subset.subjects = None if self.subjects is None else self.subjects[positions]
         subset._id_to_position = None
         return subset
 
@@ -256,7 +300,14 @@ class IndexedDataset:
 
     def with_labels(self, y: ArrayLike) -> IndexedDataset:
         """The same samples and ids with other labels (e.g. to plant label noise)."""
-        return IndexedDataset(self.X, y, self.ids, n_classes=self.n_classes)
+        return IndexedDataset(self.X, y, self.ids, self.subjects, n_classes=self.n_classes)
+
+    def ids_of_subject(self, subject: str | int) -> np.ndarray:
+        """Ids of the samples whose subject key is ``subject`` (empty if none)."""
+        if self.subjects is None:
+            return np.empty(0, dtype=np.int64)
+        key = as_subject_array([subject], 1)[0]
+        return self.ids[self.subjects == key]
 
     def ids_of_class(self, label: int) -> np.ndarray:
         """Ids of the samples labelled ``label``."""
@@ -266,6 +317,8 @@ class IndexedDataset:
     def fingerprint(self) -> str:
         """SHA-256 over ids, labels, inputs (with shapes and dtypes) and ``n_classes``.
 
+        Subject keys, when given, are part of it (a store fitted on other subject keys holds
+        other data); a dataset without subjects hashes exactly as before they existed.
         Computed once per ``fit`` (the store's keyed dataset fingerprint is an HMAC of it).
         Cost: one SHA-256 pass over the data, ~0.3 s for MNIST's 188 MB.
         """
@@ -277,6 +330,11 @@ class IndexedDataset:
         h.update(np.ascontiguousarray(self.ids, dtype="<i8").data)
         h.update(np.ascontiguousarray(self.y.numpy(), dtype="<i8").data)
         h.update(np.ascontiguousarray(self.X.numpy(), dtype="<f4").data)
+        if self.subjects is not None:
+            h.update(b"subjects")
+            for key in self.subjects.tolist():
+                text = b"\x00" if key is None else b"s" + key.encode("utf-8")
+                h.update(len(text).to_bytes(8, "little") + text)
         return h.hexdigest()
 
     def class_counts(self) -> list[int]:
@@ -288,14 +346,20 @@ class IndexedDataset:
         """Concatenate datasets with disjoint ids."""
         if not parts:
             raise DatasetError("concat needs at least one dataset.")
+        subjects = None
+        if any(p.subjects is not None for p in parts):
+            subjects = np.concatenate([p.subjects if p.subjects is not None
+                                       else np.full(len(p), None, dtype=object) for p in parts])
         return IndexedDataset(
             torch.cat([p.X for p in parts]),
             torch.cat([p.y for p in parts]),
             np.concatenate([p.ids for p in parts]),
+            subjects,
             n_classes=max(p.n_classes for p in parts),
         )
 
 
-def _rebuild(X: torch.Tensor, y: torch.Tensor, ids: np.ndarray, n_classes: int) -> IndexedDataset:
+def _rebuild(X: torch.Tensor, y: torch.Tensor, ids: np.ndarray, n_classes: int,
+             subjects: np.ndarray | None = None) -> IndexedDataset:
     """Unpickle an :class:`IndexedDataset` (validated again, as any new one)."""
-    return IndexedDataset(X, y, ids, n_classes=n_classes)
+    return IndexedDataset(X, y, ids, subjects, n_classes=n_classes)

@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from expunge.store import Store
 from expunge.strategies.base import CACHE_PREFIX, UnlearningStrategy
 from expunge.strategies.exact.retrain import Retrain
 from expunge.strategies.exact.sharded import ShardedModel, Submodel
+
+if TYPE_CHECKING:
+    from expunge.evaluation._cache import EvaluationCache
 
 REFERENCE_BLOB_PREFIX = CACHE_PREFIX + "reference/"
 
@@ -54,6 +57,18 @@ def single_module(strategy: UnlearningStrategy) -> nn.Module | None:
 
 def model_view(strategy: UnlearningStrategy) -> ModelView:
     return ModelView(strategy.predict_proba, strategy.fingerprint(), single_module(strategy))
+
+
+def copy_with(strategy: UnlearningStrategy, **changes: Any) -> UnlearningStrategy:
+    """A fresh, unfitted, in-memory copy of ``strategy`` with some parameters changed."""
+    missing = [k for k in changes if k not in strategy.get_params()]
+    if missing:
+        raise InvalidParameterError(
+            f"{type(strategy).__name__} has no parameter(s) {missing}, which this evaluation "
+            "needs to vary (seeds= and shadow models set 'seed'; shadow_epochs sets 'epochs'; "
+            "unlearning seeds set 'unlearn_seed')."
+        )
+    return strategy.clone().set_params(**changes, store=None, show_progress=False)
 
 
 def shared_training_params(strategy: UnlearningStrategy) -> dict[str, Any]:
@@ -106,9 +121,14 @@ def _retrain_for(strategy: UnlearningStrategy) -> Retrain:
 
 
 def retrain_reference(
-    strategy: UnlearningStrategy, retained: IndexedDataset, *, cache: bool = True
+    strategy: UnlearningStrategy, retained: IndexedDataset, *, cache: bool = True,
+    shared: EvaluationCache | None = None,
 ) -> Reference:
     """Retrain on ``retained`` with ``strategy``'s model and settings, or load it from the cache.
+
+    ``shared`` (an :class:`~expunge.evaluation.EvaluationCache`) is looked up first and
+    filled after training, so that evaluations of other strategies with the same recipe,
+    seed and retained data reuse the model.
 
     Raises:
         UnsupportedModelError: the strategy's model cannot be trained as one classifier
@@ -123,8 +143,11 @@ def retrain_reference(
         "kind": "retrain", "strategy": "retrain", "params": params, "n_train": len(retained),
         "cache_blob": blob if store is not None else None,
     }
-    if store is not None and store.has_blob(blob):
-        tensors, meta = store.read_blob(blob)
+    found = shared.get_reference(key) if shared is not None else None
+    if found is None and store is not None and store.has_blob(blob):
+        found = store.read_blob(blob)
+    if found is not None:
+        tensors, meta = found
         module = retrain._new_module(0, retained.input_shape, retained.n_classes)
         module.load_state_dict(tensors)
         module.eval()
@@ -149,13 +172,16 @@ def retrain_reference(
     entry = retrain.ledger.entries("fit")[0]
     trained = single_module(retrain)
     store_bytes = retrain.store_.size_bytes()
+    meta = {
+        "kind": "retrain-reference", "seconds": repr(seconds),
+        "samples_retrained": str(entry.samples_retrained),
+        "sample_passes": str(entry.sample_passes), "store_bytes": str(store_bytes),
+        "fingerprint": retrain.fingerprint(), "n_train": str(len(retained)),
+    }
     if store is not None and trained is not None:
-        store.write_blob(blob, dict(trained.state_dict()), {
-            "kind": "retrain-reference", "seconds": repr(seconds),
-            "samples_retrained": str(entry.samples_retrained),
-            "sample_passes": str(entry.sample_passes), "store_bytes": str(store_bytes),
-            "fingerprint": retrain.fingerprint(), "n_train": str(len(retained)),
-        })
+        store.write_blob(blob, dict(trained.state_dict()), meta)
+    if shared is not None and trained is not None:
+        shared.put_reference(key, dict(trained.state_dict()), meta)
     description.update(cached=False, fingerprint=retrain.fingerprint())
     view = model_view(retrain)
     retrain.close()

@@ -18,7 +18,8 @@ from typing import Any
 
 from expunge.exceptions import InvalidParameterError
 
-SECTIONS = ("Accuracy", "Membership inference", "Distance to reference", "Cost")
+SECTIONS = ("Accuracy", "Membership inference", "Representation", "Distance to reference",
+            "Across runs", "Cost")
 
 #: how each kind of value is shown (all are stored as plain numbers)
 KINDS = ("percent", "score", "distance", "seconds", "count", "bytes", "ratio")
@@ -37,8 +38,11 @@ class MetricRow:
         kind: display format: fractions shown as percent, scores (AUC...), distances,
             seconds, counts, bytes, ratios.
         good: one line: what a good value is, relative to the reference.
-        model_std / reference_std / gap_std: standard deviations over seeds (``None`` for a
+        model_std / reference_std / gap_std: standard deviations over runs (``None`` for a
             single run).
+        model_ci / reference_ci / gap_ci: half-widths of 95 % confidence intervals of the
+            mean: a t-interval over training seeds (each seed's runs averaged first), or
+            over the runs when there is one training seed (``None`` for a single run).
         single: the row has one value, in ``model`` (a distance *to* the reference, a ratio
             of the two, Avg. Gap): the reference column is shown as "-".
     """
@@ -55,48 +59,82 @@ class MetricRow:
     reference_std: float | None = None
     gap_std: float | None = None
     single: bool = False
+    model_ci: float | None = None
+    reference_ci: float | None = None
+    gap_ci: float | None = None
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    present = [float(v) for v in values if v is not None]
-    if not present:
-        return None, None
+def t_quantile(df: int, level: float = 0.975) -> float:
+    """The ``level`` quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(level, df))
+
+
+def interval(values: list[float | None], groups: list[int] | None = None
+             ) -> tuple[float | None, float | None, float | None]:
+    """(mean, sample std, 95 % CI half-width) of the present values.
+
+    With ``groups`` (the training seed of each value) holding two or more distinct seeds,
+    the interval is a t-interval over the per-seed means (training seeds are the
+    independent units; several unlearning seeds per training seed are averaged first).
+    Otherwise it is a t-interval over the values themselves.
+    """
+    pairs = [(float(v), g) for v, g in zip(values, groups or [0] * len(values)) if v is not None]
+    if not pairs:
+        return None, None, None
+    present = [v for v, _ in pairs]
     mean = sum(present) / len(present)
     if len(present) < 2:
-        return mean, None
+        return mean, None, None
     # sample standard deviation (ddof=1): few seeds, so do not understate the spread
-    var = sum((v - mean) ** 2 for v in present) / (len(present) - 1)
-    return mean, math.sqrt(var)
+    std = math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1))
+    by_group: dict[int, list[float]] = {}
+    for v, g in pairs:
+        by_group.setdefault(g, []).append(v)
+    units = ([sum(vs) / len(vs) for vs in by_group.values()] if len(by_group) > 1
+             else present)
+    n = len(units)
+    unit_mean = sum(units) / n
+    unit_std = math.sqrt(sum((u - unit_mean) ** 2 for u in units) / (n - 1))
+    return mean, std, t_quantile(n - 1) * unit_std / math.sqrt(n)
 
 
-def aggregate_rows(runs: list[list[MetricRow]]) -> list[MetricRow]:
-    """Mean ± std (over seeds) of rows with the same key, in the first run's order."""
+def aggregate_rows(runs: list[list[MetricRow]], groups: list[int] | None = None
+                   ) -> list[MetricRow]:
+    """Mean, std and 95 % CI (over runs) of rows with the same key, in the first run's
+    order; ``groups`` is each run's training seed (see :func:`interval`)."""
     if len(runs) == 1:
         return [MetricRow(**asdict(r)) for r in runs[0]]
-    by_key: dict[str, list[MetricRow]] = {}
+    by_key: dict[str, list[tuple[MetricRow, int]]] = {}
     order: list[str] = []
-    for rows in runs:
+    for index, rows in enumerate(runs):
+        group = groups[index] if groups else index
         for row in rows:
             if row.key not in by_key:
                 order.append(row.key)
-            by_key.setdefault(row.key, []).append(row)
+            by_key.setdefault(row.key, []).append((row, group))
     out = []
     for key in order:
-        rows = by_key[key]
-        model, model_std = _mean_std([r.model for r in rows])
-        reference, reference_std = _mean_std([r.reference for r in rows])
-        gap, gap_std = _mean_std([r.gap for r in rows])
+        rows = [r for r, _ in by_key[key]]
+        seeds = [g for _, g in by_key[key]]
+        model, model_std, model_ci = interval([r.model for r in rows], seeds)
+        reference, reference_std, reference_ci = interval([r.reference for r in rows], seeds)
+        gap, gap_std, gap_ci = interval([r.gap for r in rows], seeds)
         first = rows[0]
         out.append(MetricRow(
             key=key, section=first.section, name=first.name, model=model, reference=reference,
             gap=gap, kind=first.kind, good=first.good, model_std=model_std,
             reference_std=reference_std, gap_std=gap_std, single=first.single,
+            model_ci=model_ci, reference_ci=reference_ci, gap_ci=gap_ci,
         ))
     return out
 
 
-def format_value(value: float | None, kind: str, std: float | None = None) -> str:
-    """A value as shown in tables: percent for fractions, 4 decimals for scores..."""
+def format_value(value: float | None, kind: str, std: float | None = None,
+                 ci: float | None = None) -> str:
+    """A value as shown in tables: percent for fractions, 4 decimals for scores...; then
+    ``± std`` and ``(CI ±half-width)`` when given."""
     if value is None:
         return "n/a"
 
@@ -117,9 +155,14 @@ def format_value(value: float | None, kind: str, std: float | None = None) -> st
             return f"{v:.1f}x"
         return f"{v:.4g}"
 
+    def bare(v: float) -> str:
+        return f"{100 * v:.2f}" if kind == "percent" else one(v).rstrip("%sx ")
+
     text = one(value)
     if std is not None:
-        text += " ± " + (f"{100 * std:.2f}" if kind == "percent" else one(std).rstrip("%sx "))
+        text += " ± " + bare(std)
+    if ci is not None:
+        text += f" (CI ±{bare(ci)})"
     return text
 
 
@@ -145,9 +188,11 @@ class EvaluationReport:
         forget_ids_sha256: identifies the forget set.
         removed_class: the class, when the forget set is a whole class, else ``None``.
         reference: how the reference was obtained (``None`` without one).
-        attacks / seeds: what ran.
-        metrics: the rows (mean over seeds when several).
-        runs: per seed: ``{"seed", "fingerprint", "status", "forget_report", "metrics"}``.
+        attacks / checks / seeds / unlearn_seeds: what ran (one seed per run: the training
+            seed, and the unlearning seed or ``None`` for the strategy's own).
+        metrics: the rows (mean, std and 95 % CI over runs when several).
+        runs: per run: ``{"seed", "unlearn_seed", "fingerprint", "status", "forget_report",
+            "metrics"}``.
         timings: seconds per metric family, summed over seeds.
         curves: data of the plots (first seed): loss histograms, ROC curves, per-class
             accuracy.
@@ -169,6 +214,8 @@ class EvaluationReport:
     attacks: list[str]
     seeds: list[int]
     metrics: list[MetricRow]
+    unlearn_seeds: list[int | None] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
@@ -241,10 +288,11 @@ class EvaluationReport:
             table.add_row(f"[bold]{section}[/bold]", "", "", "", *([""] if explain else []))
             for r in rows:
                 cells = [
-                    r.name, format_value(r.model, r.kind, r.model_std),
-                    "-" if r.single else format_value(r.reference, r.kind, r.reference_std),
+                    r.name, format_value(r.model, r.kind, r.model_std, r.model_ci),
+                    "-" if r.single else format_value(r.reference, r.kind, r.reference_std,
+                                                      r.reference_ci),
                     "" if r.gap is None and r.gap_std is None
-                    else format_value(r.gap, r.kind, r.gap_std),
+                    else format_value(r.gap, r.kind, r.gap_std, r.gap_ci),
                 ]
                 table.add_row(*cells, *([r.good] if explain else []))
         return table
@@ -316,11 +364,11 @@ class EvaluationReport:
                       "| metric | model | reference | \\|gap\\| | good value |",
                       "|---|---:|---:|---:|---|"]
             for r in rows:
-                gap = "" if r.gap is None else format_value(r.gap, r.kind, r.gap_std)
-                reference = ("-" if r.single
-                             else format_value(r.reference, r.kind, r.reference_std))
+                gap = "" if r.gap is None else format_value(r.gap, r.kind, r.gap_std, r.gap_ci)
+                reference = ("-" if r.single else format_value(r.reference, r.kind,
+                                                                r.reference_std, r.reference_ci))
                 lines.append(
-                    f"| {r.name} | {format_value(r.model, r.kind, r.model_std)} | "
+                    f"| {r.name} | {format_value(r.model, r.kind, r.model_std, r.model_ci)} | "
                     f"{reference} | {gap} | "
                     f"{r.good} |"
                 )

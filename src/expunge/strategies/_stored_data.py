@@ -10,6 +10,10 @@ original dataset's keyed fingerprint (an HMAC under the store's secret, so names
 nothing checkable about the data), the bucket and the ids it holds, so an unchanged bucket
 keeps its name and its bytes.
 
+A store fitted on data with subject keys also keeps, per row, the keyed hash of the row's
+subject (``subject_hmac``, 32 bytes; all zeros for a row without subject): it is rewritten
+and purged with the row, and the clear key never reaches the disk.
+
 Row order is part of the data (a float sum over rows depends on it), so each bucket also
 stores every row's position in the original dataset, and reading sorts by it: a reopened
 strategy sees the rows in exactly the order ``fit(D).forget(F)`` held in memory, which is
@@ -41,32 +45,57 @@ def data_buckets(ids: np.ndarray) -> np.ndarray:
     return keyed_buckets(_BUCKET_KEY, ids, DATA_BUCKETS)
 
 
+#: bytes of one row's subject hash (HMAC-SHA256)
+SUBJECT_HASH_BYTES = 32
+
+
+def _bucket_names(ids: np.ndarray, dataset_fingerprint: str) -> list[tuple[int, np.ndarray, str]]:
+    """(bucket, rows, blob name) of every non-empty bucket of rows with these ``ids``."""
+    bucket = data_buckets(ids)
+    out = []
+    for b in range(DATA_BUCKETS):
+        rows = np.flatnonzero(bucket == b)
+        if rows.size:
+            name = f"{DATA_BLOB_PREFIX}{b:02d}-" + sha256_ids(
+                np.ascontiguousarray(ids[rows]), prefix=f"{dataset_fingerprint}|bucket {b}|")[:24]
+            out.append((b, rows, name))
+    return out
+
+
+def training_data_blobs(ids: np.ndarray, dataset_fingerprint: str) -> list[str]:
+    """The blob names :func:`write_training_data` gives data with these ``ids`` (in order)."""
+    return [name for _, _, name in _bucket_names(np.asarray(ids, np.int64), dataset_fingerprint)]
+
+
 def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarray,
-                        dataset_fingerprint: str) -> list[str]:
+                        dataset_fingerprint: str,
+                        subject_hashes: np.ndarray | None = None) -> list[str]:
     """Store ``data`` (rows at original ``positions``) as buckets; return the blob names.
 
     Buckets whose ids did not change already exist under the same name and are neither
     copied nor written again (``write_blob`` is atomic and a no-op for an existing name).
+    ``subject_hashes`` (``uint8``, one row of :data:`SUBJECT_HASH_BYTES` per sample) is
+    stored with the rows; the dataset fingerprint, hence every name, already covers the
+    subjects.
     """
     if positions.shape != (len(data),):
         raise ValueError(f"positions has shape {positions.shape}; expected ({len(data)},)")
-    bucket = data_buckets(data.ids)
+    if subject_hashes is not None and subject_hashes.shape != (len(data), SUBJECT_HASH_BYTES):
+        raise ValueError(f"subject_hashes has shape {subject_hashes.shape}")
     names = []
-    for b in range(DATA_BUCKETS):
-        rows = np.flatnonzero(bucket == b)
-        if rows.size == 0:
-            continue
-        ids = np.ascontiguousarray(data.ids[rows])
-        name = f"{DATA_BLOB_PREFIX}{b:02d}-" + sha256_ids(
-            ids, prefix=f"{dataset_fingerprint}|bucket {b}|")[:24]
+    for b, rows, name in _bucket_names(data.ids, dataset_fingerprint):
         if not store.has_blob(name):
-            part = data.where(bucket == b)  # gathers this bucket's rows only
-            store.write_blob(
-                name,
-                {"X": part.X, "y": part.y, "ids": torch.from_numpy(ids),
-                 "positions": torch.from_numpy(np.ascontiguousarray(positions[rows]))},
-                {"n_classes": str(data.n_classes), "bucket": str(b)}, shared=True,
-            )
+            mask = np.zeros(len(data), dtype=bool)
+            mask[rows] = True
+            part = data.where(mask)  # gathers this bucket's rows only (data may be a view)
+            tensors = {"X": part.X, "y": part.y,
+                       "ids": torch.from_numpy(np.ascontiguousarray(data.ids[rows])),
+                       "positions": torch.from_numpy(np.ascontiguousarray(positions[rows]))}
+            if subject_hashes is not None:
+                tensors["subject_hmac"] = torch.from_numpy(
+                    np.ascontiguousarray(subject_hashes[rows]))
+            store.write_blob(name, tensors, {"n_classes": str(data.n_classes), "bucket": str(b)},
+                             shared=True)
         names.append(name)
     return names
 
@@ -77,6 +106,13 @@ def read_training_data(store: Store, names: str | Sequence[str]
 
     ``names`` may be a single blob name: the layout of stores written before buckets.
     """
+    data, positions, _ = read_stored_data(store, names)
+    return data, positions
+
+
+def read_stored_data(store: Store, names: str | Sequence[str]
+                     ) -> tuple[IndexedDataset, np.ndarray, np.ndarray | None]:
+    """:func:`read_training_data` plus the rows' subject hashes (``None`` without subjects)."""
     parts = [store.read_blob(name) for name in ([names] if isinstance(names, str) else names)]
     if not parts:
         raise StoreIntegrityError(
@@ -91,12 +127,15 @@ def read_training_data(store: Store, names: str | Sequence[str]
         order = np.argsort(positions, kind="stable")
         index = torch.from_numpy(order)
         data = IndexedDataset(X[index], y[index], ids[order], n_classes=n_classes)
+        subjects = None
+        if all("subject_hmac" in tensors for tensors, _ in parts):
+            subjects = np.concatenate([t["subject_hmac"].numpy() for t, _ in parts])[order]
     except (KeyError, ValueError, RuntimeError, DatasetError) as err:
         raise StoreIntegrityError(
             f"The training data stored in {store.location!r} is inconsistent ({err}); its "
             "blobs were edited outside expunge."
         ) from None
-    return data, positions[order]
+    return data, positions[order], subjects
 
 
 def training_ids_digest(store: Store, ids: np.ndarray) -> str:

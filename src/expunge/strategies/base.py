@@ -46,11 +46,13 @@ from expunge.exceptions import (
     AlreadyForgottenError,
     DatasetError,
     InvalidParameterError,
+    InvalidRequestError,
     LedgerIntegrityError,
     NotFittedError,
     StoreIntegrityError,
     StoreMismatchError,
     UnknownSampleError,
+    UnknownSubjectError,
 )
 from expunge.store import CACHE_PREFIX as CACHE_PREFIX  # evaluation and PUMA name caches with it
 from expunge.store import Head, Ledger, LedgerEntry, Store, open_store, verify_store
@@ -66,7 +68,7 @@ from expunge.strategies._params import check_overrides
 from expunge.strategies._params import jsonable_param as _jsonable_param
 from expunge.strategies._stored_data import (
     check_training_ids,
-    read_training_data,
+    read_stored_data,
     training_ids_digest,
     write_training_data,
 )
@@ -74,7 +76,10 @@ from expunge.strategies._stored_data import (
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self needs Python 3.11
 
-Guarantee = Literal["exact", "approximate"]
+Guarantee = Literal["exact", "certified", "approximate"]
+#: what a strategy may promise: bit-for-bit retraining, a certified (epsilon, delta)
+#: bound, or an approximation measured by the evaluation
+GUARANTEES: tuple[str, ...] = ("exact", "certified", "approximate")
 #: 2: per-store key, keyed digests of every file in the state, state digests in the ledger,
 #: a chain that starts at the store's genesis (stores of format 1 are refused, not migrated)
 FORMAT_VERSION = 2
@@ -111,6 +116,10 @@ class ForgetReport:
         fingerprint_before / fingerprint_after: model fingerprints around the request.
         details: strategy-specific facts (first retrained block per sub-model, PUMA's
             solver residual and number of re-weighted samples, ...).
+        receipt: the signed receipt of the request (``expunge.verify_receipt(receipt,
+            m.public_key)``; see docs/operations.md).
+        subject_nonce: for ``forget_subject``, the nonce that lets the data subject check
+            the receipt concerns them (give it to them; the store does not keep it).
     """
 
     request_id: str
@@ -125,6 +134,8 @@ class ForgetReport:
     fingerprint_before: str
     fingerprint_after: str
     details: dict[str, Any]
+    receipt: dict[str, Any] | None = None
+    subject_nonce: str | None = None
 
     @classmethod
     def from_entry(cls, entry: LedgerEntry) -> ForgetReport:
@@ -399,14 +410,21 @@ class UnlearningStrategy(ABC):
                 started = time.perf_counter()
                 progress = Progress(bool(self.show_progress))
                 positions = np.arange(len(dataset), dtype=np.int64)
-                data_blobs = self._write_data(store, dataset, positions)
+                ring = self._keyring_for(store)
+                ring.signing_key()  # a bad key fails now, before anything is trained
+                subject_hashes = None
+                if dataset.subjects is not None:
+                    from expunge.operations.subjects import hash_subjects
+
+                    subject_hashes = hash_subjects(dataset.subjects, store)
+                data_blobs = self._write_data(store, dataset, positions, subject_hashes)
                 with progress.running():
                     fitted = self._fit(dataset, store, progress)
                 state = {"data": data_blobs, "model": fitted.state()}
                 live = fitted.live_blobs() | set(data_blobs)
                 purged = store.collect_garbage(live)
                 manifest = store.read_manifest() or {}
-                store.commit(state, {
+                entry = store.commit(state, {
                     "kind": "fit", "strategy": self.name, "guarantee": self.guarantee,
                     "ids": [], "fingerprint_before": None,
                     "fingerprint_after": fitted.fingerprint(),
@@ -419,7 +437,8 @@ class UnlearningStrategy(ABC):
                                 "n_samples": len(dataset),
                                 "ids_digest": training_ids_digest(store, dataset.ids)},
                 }, live=live, expected=expected)
-                self._install(store, dataset, fitted, {}, positions)
+                self._install(store, dataset, fitted, {}, positions, subject_hashes)
+                self._issue_receipt(entry)
         except BaseException:
             if getattr(self, "store_", None) is not store:
                 store.close()
@@ -433,7 +452,8 @@ class UnlearningStrategy(ABC):
         """Strategy-specific checks of the training data; override to refuse."""
 
     def _install(self, store: Store, data: IndexedDataset, fitted: FittedModel,
-                 forgotten: dict[int, int], positions: np.ndarray) -> None:
+                 forgotten: dict[int, int], positions: np.ndarray,
+                 subject_hashes: np.ndarray | None = None) -> None:
         old = getattr(self, "store_", None)
         if old is not None and old is not store:
             old.close()
@@ -441,6 +461,8 @@ class UnlearningStrategy(ABC):
         self.data_ = data
         # each row's position in the data ``fit`` saw: the stored buckets keep row order by it
         self._data_positions = positions
+        # each row's keyed subject hash (uint8 (n, 32)), or None: data without subjects
+        self._subject_hashes = subject_hashes
         self.fitted_ = fitted
         self._forgotten = forgotten
         #: the committed head this handle's state is (a request reloads if the store moved on)
@@ -452,15 +474,20 @@ class UnlearningStrategy(ABC):
                          dataset, FORMAT_VERSION)
 
     @staticmethod
-    def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray) -> list[str]:
+    def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray,
+                    subject_hashes: np.ndarray | None = None) -> list[str]:
         """Write the retained training data in buckets; return their blob names.
 
         Only buckets whose ids changed are written (see :mod:`expunge.strategies._stored_data`);
         names derive from the keyed dataset fingerprint (in the manifest) and the ids.
         """
-        manifest = store.read_manifest() or {}
-        original = manifest.get("dataset", {}).get("hmac", "")
-        return write_training_data(store, data, positions, original)
+        return write_training_data(store, data, positions, UnlearningStrategy._data_key(store),
+                                   subject_hashes)
+
+    @staticmethod
+    def _data_key(store: Store) -> str:
+        """What the training-data blob names derive from: the keyed dataset fingerprint."""
+        return str((store.read_manifest() or {}).get("dataset", {}).get("hmac", ""))
 
     # ------------------------------------------------------------ concurrency
     def _lock_notice(self) -> Callable[[str], None]:
@@ -510,9 +537,9 @@ class UnlearningStrategy(ABC):
 
     def _load_committed(self, store: Store, state: dict[str, Any]) -> None:
         """Install the committed ``state`` (read inside ``store.snapshot()``)."""
-        data, positions = read_training_data(store, state["data"])
+        data, positions, subject_hashes = read_stored_data(store, state["data"])
         fitted = self._restore(state["model"], store)
-        self._install(store, data, fitted, store.ledger.forgotten(), positions)
+        self._install(store, data, fitted, store.ledger.forgotten(), positions, subject_hashes)
 
     # ---------------------------------------------------------------- forget
     def _check_request(self, request: np.ndarray) -> None:
@@ -538,6 +565,14 @@ class UnlearningStrategy(ABC):
         refuses (nothing is written); a strategy may refuse more in ``_forget``."""
         check_retained(retained, len(self.data_))
 
+    def validate_request(self, ids: Iterable[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+        """The ids ``forget(ids)`` would accept on this handle's state, sorted; raises what
+        ``forget`` raises (and changes nothing). Checks requests before batching them."""
+        self._require_fitted("validate_request")
+        request = parse_request(ids)
+        self._check_request(request)
+        return request
+
     def forget(
         self, ids: Iterable[int] | np.ndarray | torch.Tensor, *, tag: str | None = None,
         timeout: float | None = None,
@@ -562,11 +597,95 @@ class UnlearningStrategy(ABC):
             StoreLockedError: and nothing changes.
         """
         self._require_fitted("forget")
+        return self._apply_forget(ids, tag=tag, timeout=timeout)
+
+    def forget_subject(self, subject: str | int, *, tag: str | None = None,
+                       timeout: float | None = None) -> ForgetReport:
+        """Forget every retained sample of one subject (a person), as one request.
+
+        ``subject`` is a key given in ``IndexedDataset(..., subjects=...)``. The store never
+        saw it in clear: it is hashed with the store's secret, and the ledger entry and the
+        receipt record that hash. The report's ``subject_nonce`` lets the subject check that
+        the receipt concerns them (``verify_receipt(..., subject=, subject_nonce=)``).
+
+        Raises:
+            UnknownSubjectError: no retained sample has this subject (it never had one, or
+                every sample of it was forgotten already; the message says which).
+            InvalidRequestError: ``subject`` is not a non-empty string or an int.
+        """
+        self._require_fitted("forget_subject")
+        from expunge.operations.receipts import new_nonce, subject_commitment
+        from expunge.operations.subjects import normalise_subject
+
+        key = normalise_subject(subject)
+        subject_hash = self.subject_hash(key)
+        nonce = new_nonce()
+        # the subject's ids are looked up under the lock, on the state the request builds on
+        report = self._apply_forget(lambda: self.subject_ids(subject_hash), tag=tag,
+                                    timeout=timeout, details={
+            "subject_hashes": [subject_hash],
+            "subject_commitments": [subject_commitment(key, nonce)],
+        })
+        return ForgetReport(**{**report.__dict__, "subject_nonce": nonce})
+
+    def subject_hash(self, subject: str | int) -> str:
+        """The keyed hash (hex) this store records for the subject key ``subject``.
+
+        Only whoever holds the store's secret can compute it: that is how an operator checks
+        which subject a ledger entry concerns, without the entry revealing it."""
+        from expunge.operations.subjects import normalise_subject, subject_digest
+
+        self._require_fitted("subject_hash")
+        return subject_digest(self.store_, normalise_subject(subject))
+
+    def subject_ids(self, subject_hash: str) -> np.ndarray:
+        """The retained ids whose subject hash is ``subject_hash`` (hex), sorted.
+
+        Raises :class:`UnknownSubjectError` when there are none, saying whether an earlier
+        request forgot them.
+        """
+        from expunge.operations.subjects import rows_of
+
+        self._require_fitted("subject_ids")
+        hashes = self._subject_hashes
+        ids = np.sort(self.data_.ids[rows_of(hashes, subject_hash)]) if hashes is not None \
+            else np.empty(0, np.int64)
+        if ids.size:
+            return ids
+        earlier = [e.seq for e in self.ledger.entries("forget")
+                   if subject_hash in (e.details or {}).get("subject_hashes", [])]
+        if earlier:
+            raise UnknownSubjectError(
+                f"Every sample of this subject was already forgotten, by request(s) "
+                f"{', '.join(f'#{s}' for s in earlier)}; nothing is left to forget."
+            )
+        if hashes is None:
+            raise UnknownSubjectError(
+                "This store was fitted without subject keys: fit on "
+                "IndexedDataset(X, y, ids, subjects=[...]) to forget by subject, or forget ids."
+            )
+        raise UnknownSubjectError(
+            "No retained sample belongs to this subject (keys are compared exactly, after "
+            "turning ints into text): check the key, or forget by ids."
+        )
+
+    def _apply_forget(self, ids: Iterable[int] | np.ndarray | torch.Tensor
+                      | Callable[[], np.ndarray], *, tag: str | None,
+                      timeout: float | None = None,
+                      details: dict[str, Any] | None = None) -> ForgetReport:
+        """``forget`` with extra ledger ``details`` (subject hashes, service request keys).
+
+        ``ids`` may be a function returning them, called under the store's lock after the
+        handle has reloaded (a subject's ids are those of the state the request builds on).
+        """
         started = time.perf_counter()
-        request = parse_request(ids)
+        request = None if callable(ids) else parse_request(ids)
         store = self.store_
+        self._keyring_for(store).signing_key()  # a bad key fails before anything changes
         with store.writing(timeout=timeout, on_wait=self._lock_notice(), operation="forget"):
             self.reload()
+            if request is None:  # resolved on the state this request will build on
+                request = parse_request(ids())  # type: ignore[operator]
             self._check_request(request)
             old = self.fitted_
             kept = ~np.isin(self.data_.ids, request)  # the rows of D.drop(request), in order
@@ -576,15 +695,16 @@ class UnlearningStrategy(ABC):
             before = old.fingerprint()
             with progress.running():
                 fitted, stats = self._forget(old, request, retained, store, progress)
-            data_blobs = self._write_data(store, retained, positions)
+            subject_hashes = None if self._subject_hashes is None else self._subject_hashes[kept]
+            data_blobs = self._write_data(store, retained, positions, subject_hashes)
             live = fitted.live_blobs() | set(data_blobs)
             purged = sorted(store.list_blobs() - live)
-            details = dict(stats.details)
+            recorded = {**stats.details, **(details or {})}
             if self._request_params:
-                details["request_params"] = {k: _jsonable_param(getattr(self, k))
-                                             for k in sorted(self._request_params)}
+                recorded["request_params"] = {k: _jsonable_param(getattr(self, k))
+                                              for k in sorted(self._request_params)}
             if tag is not None:
-                details["tag"] = str(tag)
+                recorded["tag"] = str(tag)
             entry = store.commit({"data": data_blobs, "model": fitted.state()}, {
                 "kind": "forget", "strategy": self.name, "guarantee": self._guarantee_now(),
                 "ids": request.tolist(), "fingerprint_before": before,
@@ -592,16 +712,17 @@ class UnlearningStrategy(ABC):
                 "samples_retrained": stats.samples_retrained,
                 "sample_passes": stats.sample_passes,
                 "submodels_retrained": list(stats.submodels_retrained),
-                "seconds": time.perf_counter() - started, "purged": purged, "details": details,
+                "seconds": time.perf_counter() - started, "purged": purged, "details": recorded,
             }, live=live, expected=self._head)
             # the request has happened: swap the live model, then delete what it no longer needs
             forgotten = dict(self._forgotten)
             forgotten.update({int(i): entry.seq for i in request.tolist()})
-            self._install(store, retained, fitted, forgotten, positions)
+            self._install(store, retained, fitted, forgotten, positions, subject_hashes)
             store.collect_garbage(live)
+            receipt = self._issue_receipt(entry)
         seconds = time.perf_counter() - started
         report = ForgetReport.from_entry(entry)
-        return ForgetReport(**{**report.__dict__, "seconds": seconds})
+        return ForgetReport(**{**report.__dict__, "seconds": seconds, "receipt": receipt})
 
     def _guarantee_now(self) -> str:
         """The guarantee recorded in the ledger (a subclass may weaken it by setting)."""
@@ -669,6 +790,96 @@ class UnlearningStrategy(ABC):
                                n_samples=int(fit.details.get("n_samples", -1)),
                                digest=str(fit.details.get("ids_digest", "")))
         return count
+
+    # ------------------------------------------------------------ operations
+    def _keyring_for(self, store: Store) -> Any:
+        from expunge.operations._keys import keyring
+
+        ring = keyring(store)
+        path = getattr(self, "_signing_key_path", None)
+        if path is not None and ring.signing_key_path != path:
+            ring.use_signing_key(path)
+        return ring
+
+    def set_signing_key(self, path: str | Path) -> None:
+        """Sign this handle's receipts with the Ed25519 PEM key at ``path`` (kept outside
+        the store by the operator); checked now. Default: ``EXPUNGE_SIGNING_KEY``, else a
+        key created in ``STORE/keys/`` (mode 0600)."""
+        if self.is_fitted:
+            self._keyring_for(self.store_).use_signing_key(path)
+        self._signing_key_path = Path(path)
+
+    @property
+    def public_key(self) -> bytes:
+        """The PEM public key that verifies this store's receipts (give it to auditors)."""
+        from expunge.operations._keys import public_pem
+
+        self._require_fitted("public_key")
+        return public_pem(self._keyring_for(self.store_).signing_key().public_key())
+
+    def _issue_receipt(self, entry: LedgerEntry) -> dict[str, Any]:
+        from expunge.operations.receipts import ReceiptBook
+
+        return ReceiptBook(self.store_).issue(entry, self._keyring_for(self.store_).signing_key())
+
+    def receipt(self, seq: int) -> dict[str, Any]:
+        """The signed receipt of ledger entry ``seq`` (issued again if it was never stored)."""
+        from expunge.operations.receipts import ReceiptBook
+
+        self._require_fitted("receipt")
+        if not 1 <= int(seq) <= len(self.ledger):
+            raise InvalidRequestError(
+                f"There is no ledger entry #{seq}; this store has entries 1 to {len(self.ledger)}.")
+        key = self._keyring_for(self.store_).signing_key()
+        return ReceiptBook(self.store_).receipt(int(seq), key)
+
+    def preview(self, ids: Iterable[int] | np.ndarray | torch.Tensor | None = None, *,
+                subject: str | int | None = None) -> Any:
+        """What ``forget(ids)`` (or ``forget_subject(subject)``) would do, without doing it.
+
+        Returns a :class:`~expunge.operations.preview.ForgetPreview`: sub-models and blocks
+        retrained, ``sample_passes`` (for exact strategies exactly what the request will
+        report), seconds estimated from this store's own timing history, and the store
+        entries that would be purged. Nothing is trained, written or recorded. Invalid
+        requests raise what ``forget`` would raise.
+        """
+        from expunge.operations.preview import preview_forget
+
+        self._require_fitted("preview")
+        if (ids is None) == (subject is None):
+            raise InvalidRequestError("Give exactly one of ids or subject to preview.")
+        self.reload()  # the state the request would build on
+        if subject is not None:
+            ids = self.subject_ids(self.subject_hash(subject))
+        assert ids is not None
+        return preview_forget(self, self.validate_request(ids))
+
+    def audit(self, submodels: str | int | Iterable[int] = "all", *,
+              seed: int | None = None) -> Any:
+        """Replay audit: re-derive sub-models from scratch and compare every checkpoint.
+
+        Trains the chosen sub-models again from their initialisation on the retained data
+        with the recorded parameters, and compares every checkpoint on each chain (model,
+        optimizer state, extras, ids trained on) bit for bit with the store's. Exact
+        strategies only: for approximate ones the report says no replay guarantee exists.
+
+        Args:
+            submodels: ``"all"``, a number ``k`` of sub-models drawn at random (a cheap
+                probabilistic audit: an altered sub-model is caught with probability
+                ``k / n_submodels``), or explicit sub-model indices.
+            seed: seed of the random draw (``None``: fresh OS randomness, recorded in the
+                report so the draw can be repeated).
+
+        Returns:
+            An :class:`~expunge.operations.audit.AuditReport` (``.passed``, ``.mismatches``,
+            ``.seconds``...).
+
+        Cost: the chosen sub-models' full training (``"all"`` costs about one ``fit``).
+        """
+        from expunge.operations.audit import audit_strategy
+
+        self._require_fitted("audit")
+        return audit_strategy(self, submodels, seed=seed)
 
     @property
     def store_location(self) -> str:

@@ -7,7 +7,7 @@ import re
 from typing import Any, TypeVar
 
 from expunge.exceptions import StrategyRegistrationError, UnknownStrategyError
-from expunge.strategies.base import UnlearningStrategy
+from expunge.strategies.base import GUARANTEES, UnlearningStrategy
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -21,7 +21,7 @@ def register_strategy(cls: S) -> S:
     Raises:
         StrategyRegistrationError: ``cls`` is not a concrete subclass of
             :class:`UnlearningStrategy`, has no valid ``name`` (lowercase, e.g. ``"sisa"``)
-            or ``guarantee`` (``"exact"`` or ``"approximate"``), or another class is
+            or ``guarantee`` (one of ``GUARANTEES``), or another class is
             registered under its name. Nothing is registered then.
     """
     if not (isinstance(cls, type) and issubclass(cls, UnlearningStrategy)):
@@ -34,10 +34,10 @@ def register_strategy(cls: S) -> S:
             f"{cls.__name__} needs its own registry name: set the class attribute name to a "
             f"lowercase identifier such as {cls.__name__.lower()!r} (got {name!r})."
         )
-    if getattr(cls, "guarantee", None) not in ("exact", "approximate"):
+    if getattr(cls, "guarantee", None) not in GUARANTEES:
         raise StrategyRegistrationError(
-            f"{cls.__name__}.guarantee must be 'exact' or 'approximate'; got "
-            f"{getattr(cls, 'guarantee', None)!r}."
+            f"{cls.__name__}.guarantee must be one of {', '.join(map(repr, GUARANTEES))}; "
+            f"got {getattr(cls, 'guarantee', None)!r}."
         )
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))

@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.data_root)
     data_roots = {"mnist": root / "mnist", "adult": root / "adult", "digits": None}
     run_all(args.experiments, quick=args.quick, seeds=args.seeds, out=Path(args.out),
-            data_roots=data_roots, specs=specs, log=out.print)
+            data_roots=data_roots, specs=specs, log=out.print, show_progress=not args.quiet)
     out.print(f"results written to {args.out}/results.md")
     return 0

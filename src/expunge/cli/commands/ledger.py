@@ -1,4 +1,5 @@
-"""``expunge ledger``: show a store's deletion ledger; ``--verify`` checks its hash chain."""
+"""``expunge ledger``: show a store's deletion ledger; ``--verify`` checks its hash chain;
+``--receipt SEQ`` and ``--public-key`` export a signed receipt and the key that verifies it."""
 
 from __future__ import annotations
 
@@ -19,12 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="verify the hash chain and that it ends at the live model")
     parser.add_argument("--json", action="store_true", help="print the entries as JSON lines")
+    parser.add_argument("--receipt", type=int, default=None, metavar="SEQ",
+                        help="print the signed receipt of entry SEQ (JSON) and nothing else")
+    parser.add_argument("--public-key", action="store_true",
+                        help="print the PEM public key that verifies the store's receipts")
 
 
 def run(args: argparse.Namespace) -> int:
     out = console(args)
     strategy = expunge.open(args.store)
     try:
+        if args.receipt is not None or args.public_key:
+            if args.receipt is not None:
+                print(json.dumps(strategy.receipt(args.receipt), indent=2, sort_keys=True))
+            if args.public_key:
+                print(strategy.public_key.decode("ascii"), end="")
+            return 0
         entries = strategy.ledger.entries()
         if args.json:
             for entry in entries:

@@ -6,7 +6,8 @@
 * the NeurIPS 2023 challenge kit's logistic regression on the loss
   (:func:`logistic_loss_attack`);
 * LiRA and U-LiRA with a few shadow models (:func:`train_shadows`,
-  :func:`likelihood_ratio_scores`, :func:`shadow_membership`, :func:`ulira_leave_one_out`).
+  :func:`likelihood_ratio_scores`, :func:`shadow_membership`, :func:`ulira_leave_one_out`);
+* RMIA with the shadow models as references (:func:`rmia_scores`).
 
 Every score follows one convention: higher means "more likely a member".
 """
@@ -19,6 +20,7 @@ from expunge.evaluation.attacks._lira import (
     ulira_leave_one_out,
 )
 from expunge.evaluation.attacks._logistic import LogisticAttackResult, logistic_loss_attack
+from expunge.evaluation.attacks._rmia import rmia_scores
 from expunge.evaluation.attacks._svc import SVC_PARAMS, svc_mia_efficacy
 from expunge.evaluation.attacks._threshold import (
     THRESHOLD_FEATURES,
@@ -34,6 +36,7 @@ __all__ = [
     "likelihood_ratio_scores",
     "logistic_loss_attack",
     "member_score",
+    "rmia_scores",
     "shadow_membership",
     "svc_mia_efficacy",
     "threshold_attack",

@@ -41,11 +41,12 @@ from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
 from expunge.strategies._recipe import RECIPE_CONSTRAINTS
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
-from expunge.strategies.exact._blocks import BlockHooks, load_submodel
+from expunge.strategies.exact._blocks import BlockHooks, load_submodel, train_submodel
 from expunge.strategies.exact._dispatch import (
     EXECUTION_CONSTRAINTS,
     WHERE_PARAMS,
     Execution,
+    Trained,
     train_plan,
 )
 from expunge.strategies.exact._model import ShardedModel, Submodel
@@ -54,18 +55,23 @@ from expunge.strategies.exact._plan import (
     BuildPlan,
     chain_keys,
     checkpoint_blob,
+    checkpoint_names,
     plan_build,
 )
 from expunge.training import batched_forward
 
 __all__ = [
+    "BlockHooks",
     "BlockPlan",
     "BuildPlan",
     "ShardedModel",
     "ShardedStrategy",
     "Submodel",
+    "Trained",
     "chain_keys",
     "checkpoint_blob",
+    "checkpoint_names",
+    "train_submodel",
 ]
 
 
@@ -160,12 +166,19 @@ class ShardedStrategy(BlockHooks, UnlearningStrategy):
             f"{type(self).__name__}: training {len(build.chains)} of {len(build.plans)} "
             "sub-models", build.epochs_to_train(),
         )
-        trained = train_plan(hooks, self._execution(), build, data, store, progress, task)
+        trained = self._train(hooks, build, data, store, progress, task)
         submodels = [previous.submodels[k] if previous is not None and k in build.reused
                      else trained.submodels[k] for k in range(len(build.plans))]
         stats = build.stats()
         return ShardedModel(self, submodels, sample_passes=stats.sample_passes,
                             run_stats=trained.run_stats), stats
+
+    def _train(self, hooks: BlockHooks, build: BuildPlan, data: IndexedDataset, store: Store,
+               progress: Progress, task: int | None) -> Trained:
+        """Train every missing block of ``build`` where :meth:`_execution` says (the
+        dispatch); the only step of a request that trains (a preview's dry run replaces it
+        on its own copy of the strategy with one that only counts)."""
+        return train_plan(hooks, self._execution(), build, data, store, progress, task)
 
     def _restore(self, state: dict[str, Any], store: Store) -> ShardedModel:
         manifest = store.read_manifest() or {}

@@ -1,0 +1,175 @@
+"""The tuning protocol of the approximate baselines (``docs/baselines.md``, "Tuning").
+
+Defaults are chosen on a *tuning problem* that shares nothing with the evaluation: other
+training images (``settings.train_ids``, a range of the dataset's training ids), other
+held-out images for test accuracy (``settings.val_ids``), another training seed and
+another class. On it, three forget sets of the kinds the evaluation uses (random,
+memorisation-ranked, one class) are forgotten by Retrain (the target) and by every grid
+point of every method, each starting from the same fitted model. A grid point's objective
+is the mean over the three kinds of its Avg. Gap (the mean of ``|UA - UA_r|``,
+``|RA - RA_r|``, ``|TA - TA_r|``); the chosen point is the best one, ties within
+``settings.tie`` (0.1 points) going to the cheaper request. The membership attack is left
+out of the objective to keep the search affordable on two cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import expunge
+from expunge.bench._context import Context
+from expunge.bench._kinds import _plt, _save, accuracy, kind
+from expunge.data import IndexedDataset, class_forget_ids, random_forget_ids
+from expunge.evaluation import memorised_forget_ids
+
+KINDS_OF_SETS = ("random", "memorised", "class")
+
+
+@dataclass
+class TuningProblem:
+    """Tuning data, its forget sets and Retrain's result on each (the targets)."""
+
+    train: IndexedDataset
+    val: IndexedDataset
+    forget: dict[str, np.ndarray]
+    target: dict[str, dict[str, float]]
+
+
+def _metrics(strategy: Any, problem: TuningProblem, kind_: str) -> dict[str, float]:
+    ids = problem.forget[kind_]
+    return {"UA": 1.0 - accuracy(strategy, problem.train.select(ids)),
+            "RA": accuracy(strategy, problem.train.drop(ids)),
+            "TA": accuracy(strategy, problem.val)}
+
+
+def tuning_problem(ctx: Context) -> TuningProblem:
+    """The tuning split, its three forget sets and the retrained targets."""
+    settings = ctx.spec.settings
+    full, _ = ctx.data()
+    lo, hi = settings["train_ids"]
+    vlo, vhi = settings["val_ids"]
+    train = full.select(full.ids[(full.ids >= lo) & (full.ids < hi)])
+    val = full.select(full.ids[(full.ids >= vlo) & (full.ids < vhi)])
+    fraction = float(settings.get("fraction", 0.05))
+    recipe = ctx.spec.strategy_params("retrain", ctx.seed)[1] if "retrain" in \
+        ctx.spec.strategies else {**ctx.spec.train, "seed": ctx.seed}
+    template = expunge.Retrain(**recipe)
+    forget = {
+        "random": random_forget_ids(train, fraction=fraction, seed=ctx.seed),
+        "memorised": memorised_forget_ids(template, train, val, fraction=fraction,
+                                          n_models=int(settings.get("shadow_models", 4)),
+                                          seed=ctx.seed),
+        "class": class_forget_ids(train, int(settings.get("label", 5))),
+    }
+    target = {}
+    for kind_, ids in forget.items():
+        started = time.perf_counter()
+        retrain = expunge.Retrain(**recipe).fit(train.drop(ids))
+        seconds = time.perf_counter() - started
+        problem = TuningProblem(train, val, forget, {})
+        target[kind_] = {**_metrics(retrain, problem, kind_), "seconds": seconds}
+        ctx.log(f"  retrain {kind_}: UA {target[kind_]['UA']:.4f}, TA {target[kind_]['TA']:.4f},"
+                f" {seconds:.1f} s")
+    return TuningProblem(train, val, forget, target)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def score_point(ctx: Context, label: str, params: dict[str, Any],
+                problem: TuningProblem, fitted: Path) -> dict[str, Any]:
+    """Forget each tuning set from copies of the fitted model with ``params``."""
+    import shutil
+    import tempfile
+
+    row: dict[str, Any] = {"params": params}
+    gaps, times = [], []
+    for kind_ in KINDS_OF_SETS:
+        copy = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="tune-"))
+        shutil.rmtree(copy)
+        shutil.copytree(fitted, copy)
+        strategy = expunge.open(copy, **params)
+        report = strategy.forget(problem.forget[kind_])
+        measured = _metrics(strategy, problem, kind_)
+        strategy.close()
+        shutil.rmtree(copy, ignore_errors=True)
+        target = problem.target[kind_]
+        gap = float(np.mean([abs(measured[k] - target[k]) for k in ("UA", "RA", "TA")]))
+        gaps.append(gap)
+        times.append(report.seconds / target["seconds"])
+        row.update({f"{kind_}_{k}": v for k, v in measured.items()})
+        row[f"{kind_}_gap"] = gap
+    row["objective"] = float(np.mean(gaps))
+    row["relative_time"] = float(np.mean(times))
+    return row
+
+
+def choose(points: list[dict[str, Any]], tie: float) -> dict[str, Any]:
+    """The best objective; within ``tie`` of it, the cheapest request."""
+    best = min(p["objective"] for p in points)
+    close = [p for p in points if p["objective"] <= best + tie]
+    return min(close, key=lambda p: (p["relative_time"], p["objective"]))
+
+
+def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
+                 title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, row in enumerate(r for r in rows if r["grid"]):
+        xs = [100 * p["relative_time"] for p in row["grid"]]
+        ys = [100 * p["objective"] for p in row["grid"]]
+        ax.scatter(xs, ys, s=10, color=f"C{i % 10}", alpha=0.4)
+        ax.scatter([100 * row["relative_time"]], [100 * row["objective"]], s=60,
+                   color=f"C{i % 10}", edgecolor="k", label=row["strategy"])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("request time, % of retraining (mean over the three forget sets)")
+    ax.set_ylabel("objective: mean Avg. Gap to Retrain (points)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=9)
+    _save(plt, fig, path)
+
+
+@kind("tune", keys=["strategy"], plot=_plot_tuning, columns=[
+    ("strategy", "strategy", "s"), ("chosen", "chosen parameters", "s"),
+    ("objective", "mean Avg. Gap", ".4f"), ("random_gap", "gap random", ".4f"),
+    ("memorised_gap", "gap memorised", ".4f"), ("class_gap", "gap class", ".4f"),
+    ("relative_time", "time / retrain", ".3f"), ("n_points", "grid points", "d"),
+])
+def tune(ctx: Context) -> dict[str, Any]:
+    """Every grid point of every strategy on the tuning problem; the chosen point per
+    strategy (all points are kept in the row's ``grid``). ``settings.seed`` (the tuning
+    training seed) replaces the run's seed, so that tuning never uses an evaluation seed."""
+    if "seed" in ctx.spec.settings:
+        ctx = dataclasses.replace(ctx, seed=int(ctx.spec.settings["seed"]))
+    problem = tuning_problem(ctx)
+    tie = float(ctx.spec.settings.get("tie", 0.001))
+    grids = ctx.spec.settings["grids"]
+    rows = []
+    only = ctx.spec.settings.get("only")  # a subset (the --quick run tunes two)
+    for label in ctx.spec.strategies:
+        if label == "retrain" or label not in grids or (only and label not in only):
+            continue
+        fitted = ctx.scratch / f"tune-fit-{label}"
+        ctx.make(label, store=fitted).fit(problem.train).close()
+        points = []
+        for params in grid_points(grids[label]):
+            points.append(score_point(ctx, label, params, problem, fitted))
+            ctx.log(f"  {label} {params}: objective {100 * points[-1]['objective']:.2f}, "
+                    f"time {100 * points[-1]['relative_time']:.1f} %")
+        chosen = choose(points, tie)
+        rows.append({"strategy": label, "chosen": ", ".join(
+            f"{k}={v}" for k, v in chosen["params"].items()), "chosen_params": chosen["params"],
+            **{k: v for k, v in chosen.items() if k != "params"}, "n_points": len(points),
+            "grid": points, "target": problem.target,
+            "forget_sizes": {k: len(v) for k, v in problem.forget.items()}})
+    return {"rows": rows}

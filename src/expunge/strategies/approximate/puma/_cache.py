@@ -1,0 +1,282 @@
+"""PUMA's cache: sums over samples, kept per id-bucket so that a request can remove a
+forgotten sample's contribution by recomputing one bucket on its retained rows.
+
+Every cached quantity is a sum over rows (:class:`BucketStats`):
+
+* over the **curvature sample** ``S`` (a keyed random subset of the training split of at
+  most ``cache_samples`` ids): the K-FAC factor sums and the sum of cross-entropy gradients
+  (the mean training gradient ``g_bar`` the gradient-difference patch needs);
+* over the **criterion set** ``C`` (the validation ids, without removed classes): the sum of
+  cross-entropy gradients and losses, per criterion (``grad C`` and the held-out loss the
+  damping rule matches).
+
+The sums are stored as state blobs (``puma/bucket-*``), one per bucket. The rows are split
+into the same 16 id-buckets as the stored training data
+(:func:`expunge.strategies._stored_data.data_buckets`). A request recomputes, at the
+current parameters and on the retained rows only, exactly the buckets holding a forgotten
+id that is in ``S`` or ``C``, and drops the old blobs: afterwards no persisted number was
+computed from a forgotten sample's row. Untouched buckets keep the sums computed at the
+parameters of their last update: the *drift* a full refresh (``refresh_after``,
+:meth:`PUMA.refresh`) removes. Everything else (eigendecompositions, ``H^-1 grad C``,
+scores) is derived from these sums in memory and never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from expunge._hashing import derive_key, keyed_uniform, sha256_ids
+from expunge._progress import NO_PROGRESS, Progress
+from expunge.store import Store
+from expunge.strategies._stored_data import DATA_BUCKETS, data_buckets
+from expunge.strategies.approximate.curvature import (
+    KFACFactors,
+    KFACInverse,
+    KFACLayer,
+    LossCurvature,
+    kfac_factors_and_gradient,
+)
+
+#: purposes of the keyed subsets (with the strategy's seed)
+VALIDATION_KEY = "puma-validation"
+SAMPLE_KEY = "puma-curvature-sample"
+CANDIDATE_KEY = "puma-candidates"
+
+
+def keyed_subset(seed: int, purpose: str, ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the ids whose keyed uniform under ``(seed, purpose)`` is below ``fraction``:
+    a fixed random subset, each id's membership independent of every other id."""
+    if fraction >= 1.0:
+        return np.ones(len(ids), dtype=bool)
+    return keyed_uniform(derive_key(int(seed), purpose), np.asarray(ids)) < fraction
+
+
+# ============================================================================ one bucket
+@dataclass
+class BucketStats:
+    """One id-bucket's share of every cached sum, computed at one parameter value.
+
+    Attributes:
+        bucket: the bucket number (0..15).
+        generation: the request count when it was computed (0: at fit or the last refresh).
+        key: identifies the content (parameters, rows, criterion): the blob name's hash.
+        n_sample: rows of the curvature sample in this bucket.
+        grad_sum: sum of their cross-entropy gradients, ``(p,)``.
+        kfac: their K-FAC factor sums (``None`` when the solver needs none).
+        crit_count, crit_loss, crit_grad: per criterion ``k``: rows, sum of losses, sum of
+            gradients ``(K, p)`` over the bucket's criterion rows.
+    """
+
+    bucket: int
+    generation: int
+    key: str
+    n_sample: int
+    grad_sum: torch.Tensor
+    kfac: KFACFactors | None
+    crit_count: torch.Tensor
+    crit_loss: torch.Tensor
+    crit_grad: torch.Tensor
+
+    @property
+    def blob_name(self) -> str:
+        # state, not a disposable cache: a reopened strategy reads it back
+        return f"puma/bucket-{self.bucket:02d}-{self.key[:32]}"
+
+    def to_blob(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {"grad_sum": self.grad_sum, "crit_count": self.crit_count,
+                   "crit_loss": self.crit_loss, "crit_grad": self.crit_grad}
+        if self.kfac is not None:
+            tensors.update(self.kfac.to_tensors("kfac."))
+        meta = {"bucket": self.bucket, "generation": self.generation, "key": self.key,
+                "n_sample": self.n_sample,
+                "kfac_weight": None if self.kfac is None else self.kfac.weight,
+                "kfac_layers": None if self.kfac is None else len(self.kfac.A)}
+        return tensors, {"puma_bucket": json.dumps(meta, sort_keys=True)}
+
+    @classmethod
+    def from_blob(cls, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+                  ) -> BucketStats:
+        meta = json.loads(metadata["puma_bucket"])
+        kfac = None
+        if meta["kfac_layers"] is not None:
+            kfac = KFACFactors.from_tensors(tensors, "kfac.", int(meta["kfac_layers"]),
+                                            float(meta["kfac_weight"]))
+        return cls(int(meta["bucket"]), int(meta["generation"]), str(meta["key"]),
+                   int(meta["n_sample"]), tensors["grad_sum"], kfac, tensors["crit_count"],
+                   tensors["crit_loss"], tensors["crit_grad"])
+
+
+@dataclass(frozen=True)
+class BucketRows:
+    """The rows one bucket's sums run over: curvature-sample rows and, per criterion,
+    criterion rows (positions in the strategy's data)."""
+
+    sample: np.ndarray
+    criteria: tuple[np.ndarray, ...]
+
+    def key(self, ids: np.ndarray, fingerprint: str, with_kfac: bool) -> str:
+        h = hashlib.sha256(f"{fingerprint}|kfac={with_kfac}|".encode())
+        h.update(sha256_ids(ids[self.sample]).encode())
+        for rows in self.criteria:
+            h.update(sha256_ids(ids[rows], prefix="|criterion|").encode())
+        return h.hexdigest()
+
+
+def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
+                   uncovered: torch.Tensor, bucket: int, rows: BucketRows, *, key: str,
+                   generation: int, progress: Progress = NO_PROGRESS,
+                   task: int | None = None) -> BucketStats:
+    """A bucket's sums at ``curv``'s parameters. ``layers=None``: no K-FAC factors.
+
+    Cost: a gradient pass over the bucket's sample and criterion rows, plus (with K-FAC)
+    one forward and ``K`` backward passes over its sample rows.
+    """
+    n_sample = len(rows.sample)
+    kfac = None
+    if layers is not None:  # the K-FAC pass also gives the gradient sum (one more backward)
+        kfac, gradient = kfac_factors_and_gradient(curv, layers, uncovered, rows.sample,
+                                                   progress=progress, task=task)
+        assert gradient is not None
+        grad_sum = gradient
+    else:
+        grad_sum = curv.gradient_and_loss(rows.sample, 1.0)[0]
+        progress.advance(task, n_sample)
+    counts, losses, grads = [], [], []
+    for crit_rows in rows.criteria:
+        gradient, loss, count = curv.gradient_and_loss(crit_rows, 1.0)
+        counts.append(count)
+        losses.append(loss)
+        grads.append(gradient)
+        progress.advance(task, len(crit_rows))
+    return BucketStats(bucket, generation, key, n_sample, grad_sum, kfac,
+                       torch.tensor(counts, dtype=curv.dtype),
+                       torch.tensor(losses, dtype=curv.dtype), torch.stack(grads))
+
+
+# ============================================================================ the cache
+@dataclass
+class CacheTotals:
+    """Sums over every bucket, and the means PUMA uses."""
+
+    n_sample: int
+    grad_sum: torch.Tensor
+    kfac: KFACFactors | None
+    crit_count: torch.Tensor
+    crit_loss: torch.Tensor
+    crit_grad: torch.Tensor
+
+    @property
+    def mean_gradient(self) -> torch.Tensor:
+        """``g_bar``: the mean cross-entropy gradient over the curvature sample."""
+        return self.grad_sum / max(self.n_sample, 1)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Criteria that still have rows (a removed class's criterion has none)."""
+        return np.flatnonzero(self.crit_count.numpy() > 0)
+
+    def criterion_gradients(self) -> torch.Tensor:
+        """``grad C_k``, the mean gradient over each active criterion's rows, ``(K', p)``."""
+        idx = torch.from_numpy(self.active)
+        return self.crit_grad[idx] / self.crit_count[idx, None]
+
+    def held_out_loss(self) -> float:
+        """Mean cross-entropy over every criterion row (the damping rule's target)."""
+        total = float(self.crit_count.sum())
+        return float(self.crit_loss.sum()) / total if total else float("nan")
+
+
+@dataclass
+class PumaCache:
+    """Per-bucket sums, the choices that define them, and the damping in use.
+
+    Attributes:
+        buckets: ``bucket -> BucketStats`` (buckets without rows are absent).
+        sample_fraction: the keyed threshold defining the curvature sample ``S``.
+        damping: ``gamma``, added to the curvature's eigenvalues on top of the weight
+            decay (K-FAC: chosen by the leave-one-out rule unless fixed).
+        damping_info: how it was chosen (:class:`DampingCalibration` as a dict).
+        generation: requests served since fit; ``refreshed_at``: the generation of the
+            last full refresh; ``forgotten_since_refresh``: training ids forgotten since.
+        train_at_refresh: training-split size at the last full refresh.
+    """
+
+    buckets: dict[int, BucketStats]
+    sample_fraction: float
+    damping: float
+    damping_info: dict[str, Any]
+    generation: int = 0
+    refreshed_at: int = 0
+    forgotten_since_refresh: int = 0
+    train_at_refresh: int = 0
+    _inverse: KFACInverse | None = field(default=None, repr=False)
+
+    def totals(self) -> CacheTotals:
+        stats = list(self.buckets.values())
+        first = stats[0]
+        kfac = None
+        if first.kfac is not None:
+            kfac = first.kfac
+            for s in stats[1:]:
+                assert s.kfac is not None
+                kfac = kfac + s.kfac
+        return CacheTotals(
+            sum(s.n_sample for s in stats), sum((s.grad_sum for s in stats[1:]),
+                                                first.grad_sum.clone()),
+            kfac, sum((s.crit_count for s in stats[1:]), first.crit_count.clone()),
+            sum((s.crit_loss for s in stats[1:]), first.crit_loss.clone()),
+            sum((s.crit_grad for s in stats[1:]), first.crit_grad.clone()))
+
+    def bucket_lag(self) -> int:
+        """Patches applied since the oldest bucket's sums were computed (0: every sum is
+        at the current parameters)."""
+        return max((self.generation - s.generation for s in self.buckets.values()), default=0)
+
+    def meta(self) -> dict[str, Any]:
+        return {"buckets": {str(b): s.blob_name for b, s in sorted(self.buckets.items())},
+                "sample_fraction": self.sample_fraction, "damping": self.damping,
+                "damping_info": self.damping_info, "generation": self.generation,
+                "refreshed_at": self.refreshed_at,
+                "forgotten_since_refresh": self.forgotten_since_refresh,
+                "train_at_refresh": self.train_at_refresh}
+
+    def write(self, store: Store) -> None:
+        for stats in self.buckets.values():
+            if not store.has_blob(stats.blob_name):
+                store.write_blob(stats.blob_name, *stats.to_blob())
+
+    @classmethod
+    def read(cls, meta: dict[str, Any], store: Store) -> PumaCache:
+        buckets = {int(b): BucketStats.from_blob(*store.read_blob(name))
+                   for b, name in meta["buckets"].items()}
+        return cls(buckets, float(meta["sample_fraction"]), float(meta["damping"]),
+                   dict(meta["damping_info"]), int(meta["generation"]),
+                   int(meta["refreshed_at"]), int(meta["forgotten_since_refresh"]),
+                   int(meta["train_at_refresh"]))
+
+
+def bucket_rows(ids: np.ndarray, sample_rows: np.ndarray,
+                criterion_rows: Sequence[np.ndarray],
+                only: Iterable[int] | None = None) -> dict[int, BucketRows]:
+    """Split sample and criterion rows (positions; ``ids`` are the data's ids) by bucket.
+
+    ``only`` restricts the result to those buckets (a request touches a few); buckets with
+    no rows at all are left out. Cost: one keyed hash per row given.
+    """
+    wanted = set(range(DATA_BUCKETS)) if only is None else {int(b) for b in only}
+    sample_b = data_buckets(ids[sample_rows])
+    crit_b = [data_buckets(ids[rows]) for rows in criterion_rows]
+    out = {}
+    for b in sorted(wanted):
+        sample = sample_rows[sample_b == b]
+        criteria = tuple(rows[cb == b] for rows, cb in zip(criterion_rows, crit_b, strict=True))
+        if len(sample) or any(len(c) for c in criteria):
+            out[b] = BucketRows(sample, criteria)
+    return out
