@@ -197,7 +197,8 @@ def test_get_params_clone_set_params_round_trip(name, small_digits):
 
 #: what ``UnlearningStrategy._install`` sets on a fitted strategy: its only instance state
 #: besides the constructor's (caches belong to the fitted model or the store)
-INSTALLED = {"store_", "data_", "fitted_", "_data_positions", "_forgotten", "_head"}
+INSTALLED = {"store_", "data_", "fitted_", "_data_positions", "_forgotten", "_head",
+             "_subject_hashes"}
 
 
 @pytest.mark.parametrize("name", NAMES)

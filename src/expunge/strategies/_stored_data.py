@@ -31,6 +31,7 @@ from expunge._hashing import derive_key, keyed_buckets, sha256_ids
 from expunge.data import IndexedDataset
 from expunge.exceptions import DatasetError, StoreIntegrityError
 from expunge.store import Store, ids_digest
+from expunge.store.subjects import SUBJECT_HASH_BYTES
 
 #: prefix of the training-data blobs (one per non-empty bucket)
 DATA_BLOB_PREFIX = "data/train-"
@@ -46,7 +47,6 @@ def data_buckets(ids: np.ndarray) -> np.ndarray:
 
 
 #: bytes of one row's subject hash (HMAC-SHA256)
-SUBJECT_HASH_BYTES = 32
 
 
 def _bucket_names(ids: np.ndarray, dataset_fingerprint: str) -> list[tuple[int, np.ndarray, str]]:

@@ -414,7 +414,7 @@ class UnlearningStrategy(ABC):
                 ring.signing_key()  # a bad key fails now, before anything is trained
                 subject_hashes = None
                 if dataset.subjects is not None:
-                    from expunge.operations.subjects import hash_subjects
+                    from expunge.store.subjects import hash_subjects
 
                     subject_hashes = hash_subjects(dataset.subjects, store)
                 data_blobs = self._write_data(store, dataset, positions, subject_hashes)
@@ -614,8 +614,8 @@ class UnlearningStrategy(ABC):
             InvalidRequestError: ``subject`` is not a non-empty string or an int.
         """
         self._require_fitted("forget_subject")
-        from expunge.operations.receipts import new_nonce, subject_commitment
-        from expunge.operations.subjects import normalise_subject
+        from expunge.store.receipts import new_nonce, subject_commitment
+        from expunge.store.subjects import normalise_subject
 
         key = normalise_subject(subject)
         subject_hash = self.subject_hash(key)
@@ -633,7 +633,7 @@ class UnlearningStrategy(ABC):
 
         Only whoever holds the store's secret can compute it: that is how an operator checks
         which subject a ledger entry concerns, without the entry revealing it."""
-        from expunge.operations.subjects import normalise_subject, subject_digest
+        from expunge.store.subjects import normalise_subject, subject_digest
 
         self._require_fitted("subject_hash")
         return subject_digest(self.store_, normalise_subject(subject))
@@ -644,7 +644,7 @@ class UnlearningStrategy(ABC):
         Raises :class:`UnknownSubjectError` when there are none, saying whether an earlier
         request forgot them.
         """
-        from expunge.operations.subjects import rows_of
+        from expunge.store.subjects import rows_of
 
         self._require_fitted("subject_ids")
         hashes = self._subject_hashes
@@ -793,7 +793,7 @@ class UnlearningStrategy(ABC):
 
     # ------------------------------------------------------------ operations
     def _keyring_for(self, store: Store) -> Any:
-        from expunge.operations._keys import keyring
+        from expunge.store.keys import keyring
 
         ring = keyring(store)
         path = getattr(self, "_signing_key_path", None)
@@ -812,19 +812,19 @@ class UnlearningStrategy(ABC):
     @property
     def public_key(self) -> bytes:
         """The PEM public key that verifies this store's receipts (give it to auditors)."""
-        from expunge.operations._keys import public_pem
+        from expunge.store.keys import public_pem
 
         self._require_fitted("public_key")
         return public_pem(self._keyring_for(self.store_).signing_key().public_key())
 
     def _issue_receipt(self, entry: LedgerEntry) -> dict[str, Any]:
-        from expunge.operations.receipts import ReceiptBook
+        from expunge.store.receipts import ReceiptBook
 
         return ReceiptBook(self.store_).issue(entry, self._keyring_for(self.store_).signing_key())
 
     def receipt(self, seq: int) -> dict[str, Any]:
         """The signed receipt of ledger entry ``seq`` (issued again if it was never stored)."""
-        from expunge.operations.receipts import ReceiptBook
+        from expunge.store.receipts import ReceiptBook
 
         self._require_fitted("receipt")
         if not 1 <= int(seq) <= len(self.ledger):
@@ -843,7 +843,7 @@ class UnlearningStrategy(ABC):
         entries that would be purged. Nothing is trained, written or recorded. Invalid
         requests raise what ``forget`` would raise.
         """
-        from expunge.operations.preview import preview_forget
+        from expunge.strategies.preview import preview_forget
 
         self._require_fitted("preview")
         if (ids is None) == (subject is None):
@@ -876,7 +876,7 @@ class UnlearningStrategy(ABC):
 
         Cost: the chosen sub-models' full training (``"all"`` costs about one ``fit``).
         """
-        from expunge.operations.audit import audit_strategy
+        from expunge.strategies.audit import audit_strategy
 
         self._require_fitted("audit")
         return audit_strategy(self, submodels, seed=seed)

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     import expunge
-    from expunge.service._tokens import read_tokens
+    from expunge.service import read_tokens
     from expunge.service.app import create_app
 
     out = console(args)
