@@ -1,8 +1,4 @@
-"""Replay audit of exact strategies (implemented in :mod:`expunge.strategies.audit`).
-
-Kept at this path for the operations API; the implementation sits in the layer the
-strategies' verbs (``forget_subject``, ``receipt``, ``preview``, ``audit``) can import.
-"""
+"""Replay audit of exact strategies (implemented in :mod:`expunge.strategies.audit`)."""
 
 from expunge.strategies.audit import (
     AuditReport,

@@ -1,8 +1,4 @@
-"""What a request would do, without doing it (implemented in :mod:`expunge.strategies.preview`).
-
-Kept at this path for the operations API; the implementation sits in the layer the
-strategies' verbs (``forget_subject``, ``receipt``, ``preview``, ``audit``) can import.
-"""
+"""What a request would do, without doing it (implemented in :mod:`expunge.strategies.preview`)."""
 
 from expunge.strategies.preview import (
     HISTORY,

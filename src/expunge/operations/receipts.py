@@ -1,8 +1,4 @@
-"""Signed receipts of ledger entries (implemented in :mod:`expunge.store.receipts`).
-
-Kept at this path for the operations API; the implementation sits in the layer the
-strategies' verbs (``forget_subject``, ``receipt``, ``preview``, ``audit``) can import.
-"""
+"""Signed receipts of ledger entries (implemented in :mod:`expunge.store.receipts`)."""
 
 from expunge.store.receipts import (
     ALGORITHM,

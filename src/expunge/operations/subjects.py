@@ -1,8 +1,4 @@
-"""Subjects kept as keyed hashes (implemented in :mod:`expunge.store.subjects`).
-
-Kept at this path for the operations API; the implementation sits in the layer the
-strategies' verbs (``forget_subject``, ``receipt``, ``preview``, ``audit``) can import.
-"""
+"""Subjects kept as keyed hashes (implemented in :mod:`expunge.store.subjects`)."""
 
 from expunge.store.subjects import (
     NO_SUBJECT,

@@ -262,15 +262,7 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
     #: harness reuses one set of reference/shadow models for all such strategies)
     fits_like_retrain: ClassVar[bool] = True
 
-    model: Any
-    model_params: dict[str, Any] | None
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    seed: int
+    # the recipe's attributes (model ... seed) are declared by TrainingRecipe
     unlearn_seed: int | None
     store: str | Path | None
     show_progress: bool
