@@ -75,6 +75,28 @@ def test_requests_are_keyed_by_unlearn_seed(name, small_digits, tmp_path):
     assert fingerprints[0] != fingerprints[2]
 
 
+def test_request_hyperparameters_may_change_on_open_and_are_recorded(small_digits, tmp_path):
+    """What acts on requests only may change between requests (tuning reopens a store with
+    each grid point); the ledger records the values each request used. What ``fit``
+    computed with (the recipe; certified's head and certificate) stays immutable."""
+    path = tmp_path / "ft"
+    make("finetune", store=path).fit(small_digits).close()
+    reopened = expunge.open(path, unlearn_lr=0.01, unlearn_seed=3)
+    report = reopened.forget(small_digits.ids[:5])
+    entry = reopened.ledger.entries("forget")[-1]
+    assert entry.details["request_params"]["unlearn_lr"] == 0.01
+    assert entry.details["request_params"]["unlearn_seed"] == 3
+    assert report.guarantee == "approximate"
+    reopened.close()
+    with pytest.raises(expunge.exceptions.StoreMismatchError, match="lr is recorded"):
+        expunge.open(path, lr=0.5)
+    certified = tmp_path / "cert"
+    make("certified", store=certified).fit(small_digits).close()
+    with pytest.raises(expunge.exceptions.StoreMismatchError, match="sigma is recorded"):
+        expunge.open(certified, sigma=1.0)
+    expunge.open(certified, on_budget="error").close()
+
+
 @pytest.mark.parametrize("name", BASELINES)
 def test_disk_rule_nothing_but_the_patched_model_survives(name, small_digits, tmp_path):
     """After forget the store holds the patched model, the retained data and caches

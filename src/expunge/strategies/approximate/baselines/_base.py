@@ -255,6 +255,13 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
     Recipe parameters (as for :class:`~expunge.Retrain`): ``model``, ``model_params``,
     ``epochs``, ``batch_size``, ``lr``, ``optimizer``, ``momentum``, ``weight_decay``,
     ``seed``; ``unlearn_seed`` keys the requests' randomness (``None``: ``seed``).
+
+    Args:
+        model, model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay, seed:
+            the training recipe, as for :class:`Retrain` (``fit`` trains what Retrain trains).
+        unlearn_seed: the seed of the requests' randomness (batch order, noise, random
+            labels); ``None`` uses ``seed``. Acts on requests only: may be changed on open.
+        store, show_progress: as for :class:`Retrain`.
     """
 
     guarantee = "approximate"
@@ -266,6 +273,19 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
     unlearn_seed: int | None
     store: str | Path | None
     show_progress: bool
+
+    #: the parameters that decide what ``fit`` computes (the recipe). Every other
+    #: constructor parameter acts on requests only, so ``expunge.open(S, unlearn_lr=...)``
+    #: may change it; each request records the values it used in its ledger entry.
+    _fit_params: ClassVar[frozenset[str]] = frozenset({
+        "model", "model_params", "epochs", "batch_size", "lr", "optimizer", "momentum",
+        "weight_decay", "seed"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # a concrete baseline: its own parameters
+            cls._request_params = (frozenset(cls._param_names()) - cls._fit_params
+                                   - cls._runtime_params)
 
     def _set_params(self, values: dict[str, Any]) -> None:
         """Store constructor arguments as given (called with ``locals()``)."""
@@ -372,6 +392,12 @@ class GradientPatch(PatchStrategy):
     ``unlearn_momentum`` and the recipe's ``weight_decay``; ``unlearn_schedule="linear"``
     decays its learning rate linearly to 0 over the request (a large rate first, to leave
     the memorised minimum, then a small one, to settle on the retained data).
+
+    Args:
+        unlearn_lr: the learning rate of the request's SGD.
+        unlearn_epochs: passes over the data the method iterates (may be fractional).
+        unlearn_momentum: the momentum of the request's SGD.
+        unlearn_schedule: ``"constant"``, or ``"linear"`` (decays to 0 over the request).
     """
 
     unlearn_lr: float

@@ -135,6 +135,13 @@ class CertifiedRemoval(PatchStrategy):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): l2=0.1, sigma=10 (6.0 points), epsilon=1, delta=1e-4. Re-
     tune for another recipe with ``expunge tune``.
+
+    Args:
+        l2: the L2 regularisation of the head (stronger: smaller residuals, less accuracy).
+        sigma: the standard deviation of the loss perturbation ``b``.
+        epsilon, delta: the ``(epsilon, delta)`` certificate asked for.
+        on_budget: when the removal budget runs out: ``"retrain"`` the head exactly, or
+            ``"error"`` (raise :class:`RemovalBudgetExhausted`, change nothing).
     """
 
     name = "certified"
@@ -147,6 +154,9 @@ class CertifiedRemoval(PatchStrategy):
     summary = ("certified: Newton removal with loss perturbation on the convex head "
                "(Guo et al.); (epsilon, delta) in the ledger")
     fits_like_retrain = False
+    #: the head is solved at fit with ``l2`` and the noise ``sigma``; ``epsilon``/``delta``
+    #: are the certificate the whole ledger is judged against, so none may change on open
+    _fit_params = PatchStrategy._fit_params | {"l2", "sigma", "epsilon", "delta"}
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         **RECIPE_CONSTRAINTS,
         "l2": [Interval(float, 0, None, closed="neither")],

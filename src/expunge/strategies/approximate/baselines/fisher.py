@@ -53,6 +53,11 @@ class FisherForgetting(PatchStrategy):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): alpha=5e-6, empirical Fisher (20.1 points: no noise level
     forgets a class). Re-tune for another recipe with ``expunge tune``.
+
+    Args:
+        alpha: the noise scale (variance ``alpha / F`` per weight, capped).
+        fisher: ``"empirical"`` (gradients at the labels) or ``"expected"`` (under the
+            model's own predictive distribution).
     """
 
     name = "fisher"

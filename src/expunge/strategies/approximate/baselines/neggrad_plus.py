@@ -38,6 +38,9 @@ class NegGradPlus(GradientPatch):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): alpha=0.9, unlearn_lr=0.1, one epoch, linear decay (6.6
     points). Re-tune for another recipe with ``expunge tune``.
+
+    Args:
+        alpha: the weight of the retained loss; ``1 - alpha`` weighs the ascent on ``D_f``.
     """
 
     name = "neggrad_plus"

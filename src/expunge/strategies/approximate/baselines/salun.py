@@ -63,6 +63,9 @@ class SalUn(GradientPatch):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): mask_ratio=0.5, unlearn_lr=0.2, unlearn_epochs=3, constant
     rate (2.4 points). Re-tune for another recipe with ``expunge tune``.
+
+    Args:
+        mask_ratio: the share of weights (most salient for ``D_f``) the request may change.
     """
 
     name = "salun"

@@ -55,6 +55,11 @@ class SCRUB(GradientPatch):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): max_epochs=2, unlearn_lr=0.3, unlearn_epochs=4, linear
     decay (2.8 points). Re-tune for another recipe with ``expunge tune``.
+
+    Args:
+        max_epochs: how many of the epochs start with a max pass over ``D_f``.
+        kd_weight: the weight of the distillation term in the min passes.
+        temperature: the distillation temperature.
     """
 
     name = "scrub"

@@ -65,6 +65,12 @@ class SSD(PatchStrategy):
     **Defaults** (tuned against Retrain on a separate tuning split, ``docs/baselines.md``,
     "Tuning"; MNIST MLP recipe): alpha=5, dampening=0.5 (6.9 points; the paper's alpha=10,
     lambda=1 dampen nothing here). Re-tune for another recipe with ``expunge tune``.
+
+    Args:
+        alpha: selection: a weight is dampened where ``I_f > alpha * I_D``.
+        dampening: lambda: a selected weight is multiplied by ``min(lambda I_D / I_f, 1)``.
+        refresh: ``"lazy"`` (recompute ``I_D`` when a request needs it) or ``"eager"``
+            (each request recomputes it on the retained data for the next).
     """
 
     name = "ssd"

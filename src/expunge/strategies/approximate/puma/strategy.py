@@ -93,6 +93,10 @@ CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
 }
 
 
+#: the most parameters solver="cholesky" factorises densely (8192^2 float64 = 512 MiB)
+DENSE_LIMIT = 8192
+
+
 @register_strategy
 class PUMA(TrainingRecipe, UnlearningStrategy):
     """PUMA: remove samples with an influence patch of the whole network, re-weighting a few
@@ -412,6 +416,23 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
             raise InvalidParameterError(
                 f"{type(self).__name__} needs at least 2 classes; got {dataset.n_classes}."
             )
+        if self.solver == "cholesky":  # refuse before training, not after an hour
+            n_params = self._params_in_scope(dataset)
+            if n_params > DENSE_LIMIT:
+                raise InvalidParameterError(
+                    f"solver='cholesky' needs a dense {n_params} x {n_params} matrix "
+                    f"({n_params} parameters in scope; the limit is {DENSE_LIMIT}). Use "
+                    "solver='kfac' (the default) or 'cg', or scope='last_layer'."
+                )
+
+    def _params_in_scope(self, dataset: IndexedDataset) -> int:
+        """Trainable parameters the curvature covers (``scope``), counted on a fresh build."""
+        module = self._architecture(dataset.input_shape, dataset.n_classes)
+        if self.scope == "last_layer":
+            layers = [m for m in module.modules() if isinstance(m, nn.Linear)]
+            if layers:
+                return sum(p.numel() for p in layers[-1].parameters() if p.requires_grad)
+        return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
     def _architecture(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         if isinstance(self.model, nn.Module):
