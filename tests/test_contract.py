@@ -306,7 +306,8 @@ def test_register_strategy_refuses_bad_classes_with_expunge_errors():
 
     cases = [(NoName, "needs its own registry name"), (Taken, "'sisa' is already registered"),
              (Abstract, "does not implement _fit, _forget, _restore"),
-             (NoGuarantee, "'exact', 'certified', 'approximate'; got 'perhaps'"), (dict, "subclass of UnlearningStrategy")]
+             (NoGuarantee, "'exact', 'certified', 'approximate'; got 'perhaps'"),
+             (dict, "subclass of UnlearningStrategy")]
     before = expunge.available_strategies()
     for cls, message in cases:
         with pytest.raises(StrategyRegistrationError, match=message) as caught:
