@@ -94,7 +94,8 @@ def test_dropout_is_keyed_not_global():
 
 
 def test_train_config_validation():
-    with pytest.raises(InvalidParameterError, match="optimizer must be 'sgd' or 'adam'"):
+    with pytest.raises(InvalidParameterError,
+                       match="optimizer must be 'sgd', 'adam' or 'adamw'; got 'rmsprop'"):
         TrainConfig(optimizer="rmsprop")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="epochs must be an int >= 1; got 0"):
         TrainConfig(epochs=0)

@@ -13,7 +13,10 @@ Determinism contract (what makes exact unlearning testable bitwise on CPU):
   constant, so it is a function of nothing at all;
 * the number of torch intra-op threads is pinned while a model trains
   (:func:`pinned_threads`): CPU kernels may sum in another order with another thread count,
-  so the count is part of *what* is computed, in every executor, the serial one included.
+  so the count is part of *what* is computed, in every executor, the serial one included;
+* a :class:`StepRecipe` (the user's training recipe, :mod:`expunge.recipe`) may take over
+  each gradient step: it is told the epoch's key, the step's index and the batch's sample
+  ids, and derives everything it varies (learning rate, augmentation) from those alone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -72,7 +75,8 @@ class TrainConfig:
             unsliced run, spread over blocks by :func:`epoch_schedule`).
         batch_size: samples per gradient step.
         lr: learning rate (constant).
-        optimizer: ``"sgd"`` or ``"adam"``.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (Adam with decoupled weight decay,
+            Loshchilov & Hutter 2019).
         momentum: SGD momentum (ignored by Adam).
         weight_decay: L2 penalty added by the optimizer.
     """
@@ -80,7 +84,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
 
@@ -92,9 +96,9 @@ class TrainConfig:
             raise InvalidParameterError(f"batch_size must be an int >= 1; got {self.batch_size!r}.")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise InvalidParameterError(f"lr must be a number > 0; got {self.lr!r}.")
-        if self.optimizer not in ("sgd", "adam"):
+        if self.optimizer not in ("sgd", "adam", "adamw"):
             raise InvalidParameterError(
-                f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}."
+                f"optimizer must be 'sgd', 'adam' or 'adamw'; got {self.optimizer!r}."
             )
         if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
             raise InvalidParameterError(f"momentum must be in [0, 1); got {self.momentum!r}.")
@@ -127,6 +131,8 @@ def make_optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     params = [p for p in module.parameters() if p.requires_grad]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -148,6 +154,16 @@ class EpochKey:
         return derive_key(self.seed, "model-rng", self.submodel, self.block, self.epoch) >> 1
 
 
+class StepRecipe(Protocol):
+    """Takes over one gradient step of :func:`train_epochs` (see :mod:`expunge.recipe`)."""
+
+    def step(self, module: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn,
+             x: torch.Tensor, y: torch.Tensor, ids: np.ndarray, key: EpochKey, epoch: int,
+             step: int, steps_per_epoch: int) -> None:
+        """One step on batch ``(x, y)`` of sample ``ids``: step ``step`` of
+        ``steps_per_epoch`` in the ``epoch``-th epoch of this call, keyed by ``key``."""
+
+
 def train_epochs(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -159,23 +175,32 @@ def train_epochs(
     keys: list[EpochKey],
     loss_fn: LossFn = cross_entropy_loss,
     on_epoch: Callable[[], None] | None = None,
+    recipe: StepRecipe | None = None,
 ) -> int:
     """Train ``module`` in place for ``len(keys)`` epochs on ``(X, y)`` with sample ``ids``.
 
-    Returns the number of gradient steps taken. With no samples, nothing happens.
-    Cost: ``len(keys) * len(ids)`` sample-passes (forward + backward).
+    ``recipe`` (optional) runs each step instead of the plain
+    ``zero_grad, loss, backward, step``. Returns the number of gradient steps taken. With no
+    samples, nothing happens. Cost: ``len(keys) * len(ids)`` sample-passes (forward +
+    backward).
     """
     n = len(ids)
     steps = 0
     if n == 0:
         return 0
+    steps_per_epoch = -(-n // config.batch_size)
     module.train()
-    for key in keys:
+    for epoch, key in enumerate(keys):
         order = torch.from_numpy(keyed_order(key.order_key(), ids))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(key.model_rng_seed())
-            for start in range(0, n, config.batch_size):
+            for step, start in enumerate(range(0, n, config.batch_size)):
                 batch = order[start : start + config.batch_size]
+                if recipe is not None:
+                    recipe.step(module, optimizer, loss_fn, X[batch], y[batch],
+                                ids[batch.numpy()], key, epoch, step, steps_per_epoch)
+                    steps += 1
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(module, X[batch], y[batch])
                 loss.backward()

@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return EXIT_USAGE
+    from expunge.cli._common import importable_cwd
+
+    importable_cwd()
     try:
         return int(args._run(args) or 0)
     except ExpungeError as err:

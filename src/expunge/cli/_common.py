@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -13,13 +15,58 @@ import numpy as np
 import tomllib
 from rich.console import Console
 
+from expunge._imports import import_callable
 from expunge.data import as_id_array
-from expunge.exceptions import InvalidParameterError, InvalidRequestError
+from expunge.exceptions import InvalidParameterError, InvalidRequestError, StoreMismatchError
 from expunge.strategies import available_strategies, get_strategy
 from expunge.strategies.base import UnlearningStrategy
 
 #: constructor parameters set by other flags, never by ``--<param>``
 _NOT_FLAGS = frozenset({"store", "show_progress"})
+
+
+def importable_cwd() -> None:
+    """Let ``--model package.module:factory`` (and a store recording one) find modules in the
+    current directory, as ``python -m`` would (the ``expunge`` console script does not)."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def open_store(path: str, **overrides: Any) -> UnlearningStrategy:
+    """``expunge.open(path)`` for a command: a custom callable the manifest records by name
+    (``{"callable": "package.module:function"}``, from the Python API) is imported by that
+    name and passed again, so operations staff need no Python to process requests.
+
+    Raises:
+        StoreMismatchError: such a callable cannot be imported (naming it and the fix).
+    """
+    import expunge
+    from expunge.store import DirectoryStore
+
+    store = DirectoryStore(path, create=False)
+    try:
+        with store.snapshot():
+            state = store.read_state()
+            # only a manifest whose committed digest matches names modules to import
+            # (otherwise expunge.open below refuses the store, naming the problem)
+            trusted = state is not None and state.get("manifest") == store.manifest_digest()
+            params = (store.read_manifest() or {}).get("params") or {} if trusted else {}
+    finally:
+        store.close()
+    for key, value in params.items():
+        if isinstance(value, dict) and isinstance(value.get("callable"), str) and \
+                key not in overrides:
+            name = value["callable"]
+            try:
+                overrides[key] = import_callable(name, key, StoreMismatchError)
+            except StoreMismatchError as err:
+                raise StoreMismatchError(
+                    f"The store {path!r} was fitted with a custom {key} ({name}) that the CLI "
+                    f"cannot import: {err} Use the Python API, expunge.open({path!r}, "
+                    f"{key}=...), or refit with an importable one (--{key.replace('_', '-')} "
+                    "package.module:function)."
+                ) from err
+    return expunge.open(path, **overrides)
 
 
 def console(args: argparse.Namespace) -> Console:
@@ -75,6 +122,8 @@ def _flag_type(annotation: Any, default: Any) -> Any:
     for name, kind in (("int", int), ("float", float), ("str", str)):
         if name in text and "Callable" not in text and "dict" not in text:
             return kind
+    if "str" in text and "dict" not in text:
+        return str  # a name or a callable: the flag takes the name or an import string
     return None
 
 

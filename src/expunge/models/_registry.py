@@ -1,7 +1,9 @@
 """Reference models by name, and the one way a model is built from a spec.
 
 A *model spec* is either a registered name (``"logreg"``, ``"mlp"``, ``"lenet"``) with
-keyword options, or any callable returning an ``nn.Module``. A callable may accept
+keyword options, an import string ``"package.module:factory"`` naming a factory (what the
+CLI's ``--model`` takes; the manifest records the string, so a reopened store finds the
+factory again), or any callable returning an ``nn.Module``. A callable may accept
 ``input_shape`` and ``n_classes`` keywords; if it does not, it is called with no arguments.
 """
 
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from expunge._hashing import derive_key
+from expunge._imports import import_callable, is_import_string
 from expunge.exceptions import UnknownModelError, UnsupportedModelError
 
 ModelFactory = Callable[..., nn.Module]
@@ -50,13 +53,16 @@ def build_model(
     reproducible init (every strategy does) wrap this in :func:`seeded_init`.
     """
     options = dict(options or {})
+    if is_import_string(spec):
+        spec = import_callable(str(spec), "model", UnknownModelError)
     if isinstance(spec, str):
         try:
             factory = _MODELS[spec]
         except KeyError:
             raise UnknownModelError(
                 f"Unknown model {spec!r}. Available: {', '.join(available_models())}; "
-                "or pass a callable that returns an nn.Module."
+                "or pass a callable that returns an nn.Module, or an import string "
+                "'package.module:factory'."
             ) from None
         module = factory(input_shape=tuple(input_shape), n_classes=int(n_classes), **options)
     elif callable(spec):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from expunge.store._atomic import atomic_write_bytes
 from expunge.store._checkpoints import Checkpoint, pack, unpack
 from expunge.store._directory import DirectoryStore
 from expunge.store._integrity import StoreKey, ids_digest, verify_store
@@ -37,6 +38,7 @@ __all__ = [
     "StoreKey",
     "WorkerDirectoryStore",
     "WorkerMemoryStore",
+    "atomic_write_bytes",
     "ids_digest",
     "manifest_digest_of",
     "open_store",

@@ -31,7 +31,7 @@ RECIPE_CONSTRAINTS: dict[str, list[Constraint]] = {
     "epochs": [Interval(int, 1, None)],
     "batch_size": [Interval(int, 1, None)],
     "lr": [Interval(float, 0, None, closed="neither")],
-    "optimizer": [Options(("sgd", "adam"))],
+    "optimizer": [Options(("sgd", "adam", "adamw"))],
     "momentum": [Interval(float, 0, 1, closed="left")],
     "weight_decay": [Interval(float, 0, None)],
     "seed": [Interval(int, 0, 2**63 - 1)],

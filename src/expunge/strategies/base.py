@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from expunge._imports import import_callable, is_import_string
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
 from expunge.data import IndexedDataset
@@ -51,9 +52,11 @@ from expunge.exceptions import (
     NotFittedError,
     StoreIntegrityError,
     StoreMismatchError,
+    UnknownModelError,
     UnknownSampleError,
     UnknownSubjectError,
 )
+from expunge.export import ExportedClassifier
 from expunge.store import CACHE_PREFIX as CACHE_PREFIX  # evaluation and PUMA name caches with it
 from expunge.store import Head, Ledger, LedgerEntry, Store, open_store, verify_store
 from expunge.strategies._checks import (
@@ -397,6 +400,9 @@ class UnlearningStrategy(ABC):
             ``self``.
         """
         self._validate_params()
+        model = getattr(self, "model", None)
+        if is_import_string(model):  # fail before anything is written, naming the fix
+            import_callable(str(model), "model", UnknownModelError)
         check_store_param(self.store)
         check_training_data(dataset)
         self._check_dataset(dataset)
@@ -749,6 +755,36 @@ class UnlearningStrategy(ABC):
         if labels.numel() == 0:
             return float("nan")
         return float((predictions == labels).double().mean())
+
+    def export(self, path: str | Path | None = None) -> torch.nn.Module:
+        """The fitted model as one plain ``torch.nn.Module`` for serving.
+
+        Its ``forward(x)`` returns exactly :meth:`predict_proba` of ``x`` (a float tensor of
+        the training inputs' shape); ensembles (SISA) export one module aggregating their
+        members. With ``path``, also write it to that folder: ``weights.safetensors`` and
+        ``recipe.json`` (read back with :func:`expunge.export.load_exported`; no pickle).
+        See :mod:`expunge.export`.
+
+        Raises:
+            UnsupportedModelError: the strategy has no single-module form (ARCANE, PUMA).
+        """
+        from expunge.export import save_exported
+
+        self._require_fitted("export")
+        module = self._export_module()
+        if path is not None:
+            save_exported(module, path, self._export_recipe())
+        return module
+
+    def _export_module(self) -> ExportedClassifier:
+        """The single-module form of the fitted model (a strategy that has one overrides)."""
+        from expunge.export import unsupported
+
+        raise unsupported(type(self).__name__)
+
+    def _export_recipe(self) -> dict[str, Any]:
+        """What :func:`expunge.export.load_exported` needs to rebuild the members."""
+        return {}
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of every learned tensor, in a fixed order."""

@@ -12,8 +12,7 @@ import sys
 
 from rich.table import Table
 
-import expunge
-from expunge.cli._common import console, parse_ids
+from expunge.cli._common import console, open_store, parse_ids
 
 NAME = "audit"
 HELP = "replay audit: re-derive sub-models on the retained data and compare bit for bit"
@@ -43,7 +42,7 @@ def _which(args: argparse.Namespace) -> object:
 def run(args: argparse.Namespace) -> int:
     out = console(args)
     which = _which(args)
-    strategy = expunge.open(args.store, show_progress=not args.quiet)
+    strategy = open_store(args.store, show_progress=not args.quiet)
     try:
         report = strategy.audit(which, seed=args.seed)  # type: ignore[arg-type]
     finally:

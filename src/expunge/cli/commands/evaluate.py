@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-import expunge
-from expunge.cli._common import console, parse_ids
+from expunge.cli._common import console, open_store, parse_ids
 from expunge.data import (
     IndexedDataset,
     available_datasets,
@@ -95,7 +94,7 @@ def _forget_ids(args: argparse.Namespace, original_ids: np.ndarray,
 
 def run(args: argparse.Namespace) -> int:
     out = console(args)
-    strategy = expunge.open(args.store, show_progress=not args.quiet)
+    strategy = open_store(args.store, show_progress=not args.quiet)
     try:
         retained = strategy.training_data
         train, test = load_dataset(args.dataset, root=args.data_root)

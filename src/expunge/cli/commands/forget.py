@@ -9,8 +9,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-import expunge
-from expunge.cli._common import add_timeout_flag, console, parse_ids
+from expunge.cli._common import add_timeout_flag, console, open_store, parse_ids
 from expunge.exceptions import InvalidRequestError
 
 NAME = "forget"
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     ids, subject = _request(args)
     out = console(args)
     overrides = {} if args.signing_key is None else {"signing_key": args.signing_key}
-    strategy = expunge.open(args.store, show_progress=not args.quiet, **overrides)
+    strategy = open_store(args.store, show_progress=not args.quiet, **overrides)
     try:
         if args.dry_run:
             preview = strategy.preview(ids, subject=subject)  # type: ignore[arg-type]

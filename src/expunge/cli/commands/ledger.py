@@ -8,8 +8,7 @@ import json
 
 from rich.table import Table
 
-import expunge
-from expunge.cli._common import console
+from expunge.cli._common import console, open_store
 
 NAME = "ledger"
 HELP = "show the deletion ledger of a store; --verify checks the hash chain"
@@ -28,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = console(args)
-    strategy = expunge.open(args.store)
+    strategy = open_store(args.store)
     try:
         if args.receipt is not None or args.public_key:
             if args.receipt is not None:

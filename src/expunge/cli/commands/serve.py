@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from expunge.cli._common import console
+from expunge.cli._common import console, open_store
 
 NAME = "serve"
 HELP = "serve a store over HTTP: authenticated, queued deletions (needs expunge[service])"
@@ -64,14 +64,13 @@ def run(args: argparse.Namespace) -> int:
     require_service_extra()
     import uvicorn
 
-    import expunge
     from expunge.service import read_tokens
     from expunge.service.app import create_app
 
     out = console(args)
     tokens = read_tokens(args.token_file)
     overrides = {} if args.signing_key is None else {"signing_key": args.signing_key}
-    strategy = expunge.open(args.store, show_progress=False, **overrides)
+    strategy = open_store(args.store, show_progress=False, **overrides)
     queue = Path(args.queue) if args.queue else Path(args.store) / QUEUE_FILE
     app = create_app(strategy, tokens, queue, batch_window=args.batch_window,
                      max_batch=args.max_batch, lock_timeout=args.lock_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,13 @@ import numpy as np
 
 from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
+from expunge.strategies.exact._recipe_options import RECIPE_OPTION_CONSTRAINTS, RecipeStrategy
 from expunge.strategies.exact.sharded import BlockPlan, ShardedStrategy
 from expunge.strategies.registry import register_strategy
 
 
 @register_strategy
-class Retrain(ShardedStrategy):
+class Retrain(RecipeStrategy):
     """Exact unlearning by retraining from scratch: the gold standard every method is judged by.
 
     **Guarantee:** exact and history independent: ``Retrain(**p).fit(D).forget(F)`` is
@@ -26,7 +28,22 @@ class Retrain(ShardedStrategy):
             returning an ``nn.Module`` (optionally taking ``input_shape`` and ``n_classes``).
         model_params: keyword options for a named model (``{"hidden_sizes": [256]}``).
         epochs, batch_size, lr, optimizer, momentum, weight_decay: training settings
-            (see :class:`expunge.training.TrainConfig`).
+            (see :class:`expunge.training.TrainConfig`; ``optimizer`` is ``"sgd"``, ``"adam"``
+            or ``"adamw"``).
+        lr_schedule: ``"constant"``, ``"step"``, ``"cosine"``, ``"onecycle"``, or a callable
+            ``progress -> factor`` (or its import string), over the sub-model's whole budget
+            counted in epochs (:mod:`expunge.recipe._schedules`).
+        warmup: fraction of the budget with a linear learning-rate warm-up (``[0, 1)``).
+        label_smoothing: of the built-in cross-entropy (``[0, 1)``).
+        loss: ``loss(logits, targets) -> scalar`` replacing the cross-entropy, or its import
+            string ``"package.module:function"``.
+        max_grad_norm: clip the gradient's global norm to this per step (``None``: no clip).
+        augment: ``None``, ``"crop"``, ``"flip"``, ``"crop+flip"`` (images ``(N, C, H, W)``),
+            or a callable ``f(x, keys) -> x`` given one 64-bit key per sample from
+            (seed, sub-model, block, epoch, sample id) (:mod:`expunge.recipe._augment`).
+        device: ``"cpu"`` (default; bit-for-bit tested), ``"cuda"``, ``"mps"`` or ``"auto"``.
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (fp16 with a loss scaler
+            that restarts each block). Device and precision are recorded in the manifest.
         seed: the one seed all randomness derives from.
         store: a directory to persist into, or ``None`` to keep everything in memory.
         show_progress: show progress bars.
@@ -43,6 +60,8 @@ class Retrain(ShardedStrategy):
 
     name = "retrain"
     summary = "exact: retrain one model from scratch on the retained data (the reference)"
+    _parameter_constraints = {**ShardedStrategy._parameter_constraints,
+                              **RECIPE_OPTION_CONSTRAINTS}
 
     def __init__(
         self,
@@ -55,6 +74,14 @@ class Retrain(ShardedStrategy):
         optimizer: str = "sgd",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        lr_schedule: str | Callable[[float], float] = "constant",
+        warmup: float = 0.0,
+        label_smoothing: float = 0.0,
+        loss: Callable[..., Any] | str | None = None,
+        max_grad_norm: float | None = None,
+        augment: str | Callable[..., Any] | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
         seed: int = 0,
         store: str | Path | None = None,
         show_progress: bool = False,
@@ -71,6 +98,14 @@ class Retrain(ShardedStrategy):
         self.optimizer = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.label_smoothing = label_smoothing
+        self.loss = loss
+        self.max_grad_norm = max_grad_norm
+        self.augment = augment
+        self.device = device
+        self.precision = precision
         self.seed = seed
         self.store = store
         self.show_progress = show_progress
@@ -83,5 +118,8 @@ class Retrain(ShardedStrategy):
     def _test_params(cls) -> dict[str, Any]:
         return {"model": "logreg", "epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9}
 
+    def _block_epochs(self) -> tuple[int, ...]:
+        return (int(self.epochs),)
+
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
-        return [BlockPlan(blocks=(np.sort(data.ids),), epochs=(self.epochs,))]
+        return [BlockPlan(blocks=(np.sort(data.ids),), epochs=self._block_epochs())]

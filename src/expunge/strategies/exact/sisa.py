@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from expunge._validation import Interval, Options
 from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError
 from expunge.models import ModelSpec
+from expunge.strategies.exact._recipe_options import RECIPE_OPTION_CONSTRAINTS, RecipeStrategy
 from expunge.strategies.exact.sharded import BlockPlan, ShardedStrategy, Submodel
 from expunge.strategies.registry import register_strategy
 from expunge.training import epoch_schedule
@@ -34,7 +35,7 @@ def sisa_partition(
 
 
 @register_strategy
-class SISA(ShardedStrategy):
+class SISA(RecipeStrategy):
     """SISA training: S isolated shard models, each trained on R cumulative slices.
 
     Each sample's shard and slice come from keyed hashes of ``(seed, id)``. Shard ``s``
@@ -55,9 +56,11 @@ class SISA(ShardedStrategy):
 
     Args:
         model, model_params, epochs, batch_size, lr, optimizer, momentum, weight_decay,
-            seed, store, show_progress, executor, n_jobs, ray_address, threads_per_job: as for
-            :class:`Retrain`; ``epochs`` is the budget
-            of an unsliced shard.
+            lr_schedule, warmup, label_smoothing, loss, max_grad_norm, augment, device,
+            precision, seed, store, show_progress, executor, n_jobs, ray_address,
+            threads_per_job: as for :class:`Retrain`; ``epochs`` is the budget of an
+            unsliced shard, and a schedule runs over a shard's whole budget (the sum of the
+            slices' epochs), so a slice's learning rates do not depend on later slices.
         n_shards: S, the number of isolated shard models.
         n_slices: R, checkpointed slices per shard.
         aggregation: ``"vote"`` or ``"mean"``.
@@ -71,6 +74,7 @@ class SISA(ShardedStrategy):
     summary = "exact: S isolated shard models trained on R checkpointed slices, aggregated"
     _parameter_constraints = {
         **ShardedStrategy._parameter_constraints,
+        **RECIPE_OPTION_CONSTRAINTS,
         "n_shards": [Interval(int, 1, None)],
         "n_slices": [Interval(int, 1, None)],
         "aggregation": [Options(("vote", "mean"))],
@@ -90,6 +94,14 @@ class SISA(ShardedStrategy):
         optimizer: str = "sgd",
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        lr_schedule: str | Callable[[float], float] = "constant",
+        warmup: float = 0.0,
+        label_smoothing: float = 0.0,
+        loss: Callable[..., Any] | str | None = None,
+        max_grad_norm: float | None = None,
+        augment: str | Callable[..., Any] | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
         seed: int = 0,
         store: str | Path | None = None,
         show_progress: bool = False,
@@ -109,6 +121,14 @@ class SISA(ShardedStrategy):
         self.optimizer = optimizer
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.label_smoothing = label_smoothing
+        self.loss = loss
+        self.max_grad_norm = max_grad_norm
+        self.augment = augment
+        self.device = device
+        self.precision = precision
         self.seed = seed
         self.store = store
         self.show_progress = show_progress
@@ -137,9 +157,12 @@ class SISA(ShardedStrategy):
         return sisa_partition(int(self.seed), np.asarray(ids, dtype=np.int64),
                               self.n_shards, self.n_slices)
 
+    def _block_epochs(self) -> tuple[int, ...]:
+        return tuple(epoch_schedule(int(self.epochs), int(self.n_slices)))
+
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
         shard, slice_ = self.partition(data.ids)
-        schedule = tuple(epoch_schedule(self.epochs, self.n_slices))
+        schedule = self._block_epochs()
         plans = []
         for s in range(self.n_shards):
             in_shard = shard == s

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import jvp
 
+from expunge.strategies.approximate.curvature._jvp import jvp
 from expunge.strategies.approximate.curvature._kfac import (
     KFACInverse,
     KFACLayer,
@@ -151,8 +151,7 @@ class LeaveOneOutPredictor:
             tangent = torch.zeros_like(self.mean_gradient)
             tangent[uncovered] = (self.mean_gradient[uncovered]
                                   / (self.inverse.diagonal + damping))
-            dz -= jvp(lambda t: self.curv.logits(self.rows, t), (self.curv.theta,),
-                      (tangent,))[1].detach()
+            dz -= jvp(lambda t: self.curv.logits(self.rows, t), self.curv.theta, tangent)[1]
         return self.z + dz / max(self.n - 1, 1)
 
     def loss(self, damping: float) -> float:

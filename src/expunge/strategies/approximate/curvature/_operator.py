@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad_and_value, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad_and_value, jacrev, vjp, vmap
 
 from expunge.exceptions import InvalidParameterError, UnsupportedModelError
 from expunge.strategies.approximate.curvature._common import FlatLayout
+from expunge.strategies.approximate.curvature._jvp import jvp
 from expunge.strategies.approximate.curvature._products import dense_from_matvec, hvp
 
 CurvatureKind = Literal["exact", "ggn"]
@@ -291,8 +292,7 @@ class LossCurvature:
                 def model_fn(t: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
                     return self._logits(t, chunk)
 
-                primal = jvp(model_fn, (theta,), (v,))
-                z, jv = primal[0], primal[1]
+                z, jv = jvp(model_fn, theta, v)
                 p = torch.softmax(z, dim=1)
                 hz = wc[:, None] * (p * jv - p * (p * jv).sum(dim=1, keepdim=True))
                 pullback = vjp(model_fn, theta)[1]
@@ -351,9 +351,10 @@ class LossCurvature:
                     theta: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample directional derivatives ``grad CE_i(theta)^T v_k``, shape ``(rows, K)``.
 
-        ``d/dt CE_i(theta + t v)`` at 0: one forward-mode JVP per chunk and direction, so
-        no per-sample gradient is ever stored (ALGORITHMS.md section 1(b) step 2).
-        ``V`` has shape ``(K, p)``. Cost: ``K`` JVP passes over the rows.
+        ``d/dt CE_i(theta + t v)`` at 0: one Jacobian-vector product per chunk and
+        direction (two reverse passes, :mod:`._jvp`), so no per-sample gradient is ever
+        stored (ALGORITHMS.md section 1(b) step 2). ``V`` has shape ``(K, p)``. Cost:
+        ``K`` JVPs over the rows.
         """
         theta = self.theta if theta is None else theta
         rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
@@ -362,7 +363,7 @@ class LossCurvature:
             def per_sample(t: torch.Tensor, chunk: torch.Tensor = chunk) -> torch.Tensor:
                 return F.cross_entropy(self._logits(t, chunk), self.y[chunk], reduction="none")
 
-            out.append(torch.stack([jvp(per_sample, (theta,), (vk,))[1] for vk in V], dim=1))
+            out.append(torch.stack([jvp(per_sample, theta, vk)[1] for vk in V], dim=1))
         if not out:
             return torch.empty(0, V.shape[0], dtype=self.dtype)
         return torch.cat(out)

@@ -5,19 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import grad, jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 from expunge.strategies.approximate.curvature._common import Matvec
+from expunge.strategies.approximate.curvature._jvp import hvp as _reverse_hvp
+from expunge.strategies.approximate.curvature._jvp import jvp
 
 
 def hvp(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
         v: torch.Tensor) -> torch.Tensor:
     """Hessian-vector product ``(d2f/dtheta2) v`` of a scalar ``f`` at ``theta``.
 
-    Forward-over-reverse (a JVP of the gradient): exact, costs about 2-3 gradient
-    evaluations, and never forms the Hessian. May be indefinite for non-convex ``f``.
+    Reverse over reverse (the gradient of ``<grad f, v>``): exact, costs about 2-3
+    gradient evaluations, and never forms the Hessian. May be indefinite for non-convex
+    ``f``. Not forward mode: see :mod:`._jvp` for why.
     """
-    return jvp(grad(f), (theta,), (v,))[1]
+    return _reverse_hvp(f, theta, v)
 
 
 def ggn_vp(model_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -32,8 +35,7 @@ def ggn_vp(model_fn: Callable[[torch.Tensor], torch.Tensor],
     the outputs are linear in ``theta`` (logistic regression). Cost: one JVP, one
     output-space HVP and one VJP.
     """
-    primal = jvp(model_fn, (theta,), (v,))
-    z, jv = primal[0], primal[1]
+    z, jv = jvp(model_fn, theta, v)
     hjv = hvp(loss_fn, z.detach(), jv)
     pullback = vjp(model_fn, theta)[1]
     return pullback(hjv)[0]
