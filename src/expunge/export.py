@@ -56,11 +56,19 @@ class ExportedClassifier(nn.Module):
         members: the sub-models that saw data (one for Retrain), in sub-model order.
         aggregation: ``"mean"`` (mean of softmax outputs) or ``"vote"`` (SISA's majority
             vote: the fraction of members voting for each class).
+        transform: the training data's input transform record
+            (:meth:`expunge.data.Transform.to_dict`; ``None``: identity), applied first, so
+            that ``forward`` takes the raw inputs ``predict_proba`` takes (uint8 pixels,
+            say): ``((x - sub) / div) * mult`` gives ``Scale`` and ``Normalize`` bit for bit.
     """
 
     anchor: torch.Tensor  # an empty buffer: where inputs go (it follows .to(...))
+    sub: torch.Tensor
+    div: torch.Tensor
+    mult: torch.Tensor
 
-    def __init__(self, members: list[nn.Module], aggregation: str = "mean") -> None:
+    def __init__(self, members: list[nn.Module], aggregation: str = "mean",
+                 transform: dict[str, Any] | None = None) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
             raise InvalidParameterError(
@@ -71,11 +79,30 @@ class ExportedClassifier(nn.Module):
         self.aggregation = aggregation
         self.chunk = CHUNK
         self.register_buffer("anchor", torch.empty(0), persistent=False)
+        self.transform = dict(transform or {"kind": "identity"})
+        kind = self.transform.get("kind")
+        sub, div, mult = 0.0, 1.0, 1.0
+        if kind == "scale":
+            mult = self.transform["factor"]
+        elif kind == "normalize":
+            sub, div = self.transform["mean"], self.transform["std"]
+        elif kind != "identity":
+            raise InvalidParameterError(f"Unknown input transform record {self.transform!r}.")
+        for name, value in (("sub", sub), ("div", div), ("mult", mult)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32),
+                                 persistent=False)
         self.eval()
+
+    def _per_channel(self, value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if value.dim() == 1:  # one value per channel (dimension 1 of the batch)
+            return value.view([1, -1] + [1] * (x.dim() - 2))
+        return value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # written out (not via chunked_softmax) so that torch.jit.script compiles it
         x = x.to(device=self.anchor.device, dtype=torch.float32)
+        x = ((x - self._per_channel(self.sub, x)) / self._per_channel(self.div, x)) \
+            * self._per_channel(self.mult, x)
         probas: list[torch.Tensor] = []
         for member in self.members:
             outs: list[torch.Tensor] = []
@@ -143,7 +170,7 @@ def load_exported(path: str | Path, model: Any = None) -> ExportedClassifier:
     shape, n_classes = tuple(recipe["input_shape"]), int(recipe["n_classes"])
     members = [build_model(spec, shape, n_classes, recipe.get("model_params"))
                for _ in range(int(recipe["n_members"]))]
-    module = ExportedClassifier(members, str(recipe["aggregation"]))
+    module = ExportedClassifier(members, str(recipe["aggregation"]), recipe.get("transform"))
     module.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     return module.eval()
 

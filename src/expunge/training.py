@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from expunge._hashing import derive_key, keyed_order
+from expunge.data import InputBatches
 from expunge.exceptions import InvalidParameterError
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -167,7 +168,7 @@ class StepRecipe(Protocol):
 def train_epochs(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    X: torch.Tensor,
+    X: torch.Tensor | InputBatches,
     y: torch.Tensor,
     ids: np.ndarray,
     *,
@@ -179,6 +180,8 @@ def train_epochs(
 ) -> int:
     """Train ``module`` in place for ``len(keys)`` epochs on ``(X, y)`` with sample ``ids``.
 
+    ``X[batch]`` gives a batch's model inputs: a tensor, or a dataset's
+    :meth:`~expunge.data.IndexedDataset.batches` (rows gathered and transformed per batch).
     ``recipe`` (optional) runs each step instead of the plain
     ``zero_grad, loss, backward, step``. Returns the number of gradient steps taken. With no
     samples, nothing happens. Cost: ``len(keys) * len(ids)`` sample-passes (forward +

@@ -1,7 +1,12 @@
 """``expunge bench``: reproduce the papers' experiments from the specs shipped as package data
 (``expunge/bench/specs``)."""
 
-from expunge.bench import _kinds_e8, _kinds_methods, _kinds_tune  # noqa: F401  (register kinds)
+from expunge.bench import (  # noqa: F401  (register kinds)
+    _kinds_e8,
+    _kinds_methods,
+    _kinds_tune,
+    _kinds_workload,
+)
 from expunge.bench._kinds import KINDS
 from expunge.bench._runner import render_folder, render_results, run_all, run_experiment
 from expunge.bench._spec import ExperimentSpec, available_experiments, load_spec, spec_dir

@@ -67,6 +67,18 @@ def single_requests(strategy: Any, ids: Any) -> dict[str, Any]:
     }
 
 
+def request_ids(ctx: Context, offset: int, requests: int) -> tuple[list[int], np.ndarray]:
+    """The single ids (``settings.requests``, default ``requests``; drawn with seed
+    ``ctx.seed + offset``) and the batch (``settings.batch_fraction`` of the training set)."""
+    train, _ = ctx.data()
+    rng = np.random.default_rng(ctx.seed + offset)
+    singles = rng.choice(train.ids, size=int(ctx.spec.settings.get("requests", requests)),
+                         replace=False).tolist()
+    batch = random_forget_ids(train, fraction=float(ctx.spec.settings.get("batch_fraction", 0.01)),
+                              seed=ctx.seed)
+    return singles, batch
+
+
 def _own_seconds(report: Any) -> float:
     """``details["seconds"]["strategy_total"]`` of a request, NaN where not reported."""
     return float(report.details.get("seconds", {}).get("strategy_total", float("nan")))
@@ -247,12 +259,7 @@ def _plot_speedup(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, 
 ])
 def efficiency(ctx: Context) -> dict[str, Any]:
     """Seconds per request (single ids in sequence, and one batch) and one-time costs."""
-    train, _ = ctx.data()
-    n_requests = int(ctx.spec.settings.get("requests", 5))
-    rng = np.random.default_rng(ctx.seed + 1000)
-    singles = rng.choice(train.ids, size=n_requests, replace=False).tolist()
-    batch = random_forget_ids(train, fraction=float(ctx.spec.settings.get("batch_fraction", 0.01)),
-                              seed=ctx.seed)
+    singles, batch = request_ids(ctx, 1000, 5)
     rows = []
     for label in ctx.spec.strategies:
         strategy, fit_seconds = ctx.fitted_copy(label)
@@ -349,12 +356,8 @@ def requests_sweep(ctx: Context) -> dict[str, Any]:
 ])
 def budget(ctx: Context) -> dict[str, Any]:
     """Strategies compared at (about) equal total training budget, as recorded by fit."""
-    train, test = ctx.data()
-    rng = np.random.default_rng(ctx.seed + 2000)
-    singles = rng.choice(train.ids, size=int(ctx.spec.settings.get("requests", 5)),
-                         replace=False).tolist()
-    batch = random_forget_ids(train, fraction=float(ctx.spec.settings.get("batch_fraction", 0.01)),
-                              seed=ctx.seed)
+    _, test = ctx.data()
+    singles, batch = request_ids(ctx, 2000, 5)
     rows = []
     for label in ctx.spec.strategies:
         strategy, _ = ctx.fitted_copy(label)

@@ -13,12 +13,15 @@ images, and code that needs a few rows (one class, one storage bucket) gathers o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from expunge.data._sources import InputSource, TensorSource, TorchDatasetSource, as_source
+from expunge.data._transforms import Transform, as_transform, transform_from_dict
 from expunge.exceptions import DatasetError, InvalidRequestError, UnknownSampleError
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
@@ -133,8 +136,16 @@ def as_id_array(ids: Iterable[int] | np.ndarray | torch.Tensor, *, what: str = "
 class IndexedDataset:
     """Inputs ``X``, integer labels ``y`` and a stable int64 id per sample.
 
+    Inputs keep their stored dtype (uint8 images stay uint8: 784 bytes per MNIST image, not
+    3,136) and a recorded ``transform`` turns gathered rows into the model's float32 inputs,
+    one batch at a time (see :mod:`expunge.data._transforms`). The inputs may live in memory,
+    in a memory-mapped numpy array (``np.load(path, mmap_mode="r")``: rows are read from the
+    file when a batch needs them) or in a torch ``Dataset`` (:meth:`from_torch`).
+
     Args:
-        X: inputs, first dimension = samples (any trailing shape; stored as float32).
+        X: inputs, first dimension = samples (any trailing shape). Integer dtypes (uint8,
+            int8, int16, int32, int64) and float32 are kept, booleans become uint8, other
+            floats float32. A ``np.memmap`` stays on disk.
         y: integer class labels in ``0..n_classes-1``.
         ids: unique int64 ids; ``0..n-1`` when omitted.
         subjects: optional subject key per sample (the person the sample is about: a user
@@ -143,6 +154,8 @@ class IndexedDataset:
             keyed hash of them (docs/operations.md).
         n_classes: number of classes; inferred as ``max(y) + 1`` when omitted. Give it when
             a subset may lack the last class, so that models keep their output size.
+        transform: how stored inputs become model inputs: ``None`` (``x.to(float32)``),
+            :class:`~expunge.data.Scale` or :class:`~expunge.data.Normalize`.
 
     Example:
         >>> ds = IndexedDataset([[0.0], [1.0], [2.0]], [0, 1, 1])
@@ -150,7 +163,8 @@ class IndexedDataset:
         [0, 2]
     """
 
-    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "subjects", "y")
+    __slots__ = ("_X", "_id_to_position", "_root", "_rows", "ids", "n_classes", "subjects",
+                 "transform", "y")
 
     def __init__(
         self,
@@ -160,8 +174,9 @@ class IndexedDataset:
         subjects: ArrayLike | None = None,
         *,
         n_classes: int | None = None,
+        transform: Transform | None = None,
     ) -> None:
-        X_t = _as_tensor(X, "X").to(torch.float32).contiguous()
+        root = as_source(X)
         y_t = _as_tensor(y, "y")
         if y_t.ndim != 1:
             raise DatasetError(
@@ -174,9 +189,9 @@ class IndexedDataset:
                 "fractions). Encode classes as 0, 1, ..."
             )
         y_t = y_t.to(torch.int64).contiguous()
-        if X_t.ndim == 0 or X_t.shape[0] != y_t.shape[0]:
+        if len(root.shape) == 0 or root.shape[0] != y_t.shape[0]:
             raise DatasetError(
-                f"X and y must have the same number of samples; got X {tuple(X_t.shape)} "
+                f"X and y must have the same number of samples; got X {tuple(root.shape)} "
                 f"and y {tuple(y_t.shape)}."
             )
         n = y_t.shape[0]
@@ -197,8 +212,9 @@ class IndexedDataset:
             n_classes = inferred
         elif n_classes < inferred:
             raise DatasetError(f"n_classes={n_classes} but y contains label {inferred - 1}.")
-        self._X: torch.Tensor | None = X_t
-        self._root: torch.Tensor = X_t  # the inputs that subsets gather their rows from
+        self.transform: Transform = as_transform(transform)
+        self._root: InputSource = root  # the inputs that subsets gather their rows from
+        self._X: torch.Tensor | None = root.tensor if isinstance(root, TensorSource) else None
         self._rows: np.ndarray | None = None  # this dataset's rows of ``_root`` (None: all)
         self.y: torch.Tensor = y_t
         self.ids: np.ndarray = ids_a
@@ -209,26 +225,146 @@ class IndexedDataset:
             None if subjects is None else as_subject_array(subjects, n))
         self._id_to_position: dict[int, int] | None = None
 
+    @classmethod
+    def from_torch(
+        cls,
+        dataset: Any,
+        *,
+        ids: ArrayLike | None = None,
+        labels: ArrayLike | None = None,
+        subjects: ArrayLike | None = None,
+        n_classes: int | None = None,
+        transform: Transform | None = None,
+    ) -> IndexedDataset:
+        """Wrap a torch ``Dataset`` (``dataset[i]`` is ``(x, label, ...)``); rows are read
+        with ``dataset[i]`` only when a batch (or :attr:`X`) needs them.
+
+        Args:
+            dataset: any object with ``__len__`` and ``__getitem__`` returning ``(x, label)``
+                (or ``x`` alone when ``labels`` is given); ``x`` a tensor or array.
+            ids: one stable id per item, in the dataset's order (``0..n-1`` when omitted).
+                An id must keep naming the same sample for the store's whole life.
+            labels: the labels, in the dataset's order; when omitted they are read from
+                ``dataset.targets`` if it has them, else from every item once.
+            subjects, n_classes, transform: as for the constructor.
+
+        Cost: one ``dataset[i]`` call to find the input shape, plus one per item when the
+        labels must be read from the items.
+        """
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise DatasetError(
+                f"from_torch needs a map-style dataset with __len__ and __getitem__; got "
+                f"{type(dataset).__name__}."
+            ) from None
+        if labels is None:
+            labels = getattr(dataset, "targets", None)
+        if labels is None:
+            labels = []
+            for i in range(n):
+                item = dataset[i]
+                if not isinstance(item, (tuple, list)) or len(item) < 2:
+                    raise DatasetError(
+                        f"item {i} of the torch Dataset is not (x, label, ...); pass "
+                        "labels=... to from_torch."
+                    )
+                label = item[1]
+                labels.append(int(label.item() if hasattr(label, "item") else label))
+        return cls(TorchDatasetSource(dataset, n), labels, ids, subjects, n_classes=n_classes,
+                   transform=transform)
+
     # ------------------------------------------------------------------ basics
     @property
     def X(self) -> torch.Tensor:  # noqa: N802 - the established name of the inputs
-        """The inputs, float32 ``(n, *input_shape)`` (a subset gathers its rows once)."""
+        """The stored inputs, in their stored dtype, ``(n, *input_shape)``, all in memory.
+
+        A subset gathers its rows once and keeps them. Training and prediction never call
+        this on a whole dataset: they gather batches (:meth:`inputs`), so that data on disk
+        stays there. Model inputs are ``transform(X)`` (:meth:`inputs`).
+        """
         if self._X is None:
-            assert self._rows is not None
-            self._X = self._root[torch.from_numpy(self._rows)]
+            positions = self._rows if self._rows is not None else np.arange(len(self))
+            self._X = self._root.gather(positions)
         return self._X
+
+    def gather(self, positions: np.ndarray) -> torch.Tensor:
+        """The stored inputs of the rows at ``positions`` (of this dataset), not kept."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self._X is not None:
+            return self._X[torch.from_numpy(positions)]
+        return self._root.gather(positions if self._rows is None else self._rows[positions])
+
+    def inputs(self, positions: np.ndarray | torch.Tensor | slice | None = None
+               ) -> torch.Tensor:
+        """The model's float32 inputs, ``transform(stored rows)``, for ``positions`` (an
+        index array or tensor, or a slice; all rows when ``None``). Only the rows asked
+        for are read."""
+        if positions is None:
+            raw = self._X if self._X is not None else self.gather(np.arange(len(self)))
+        elif isinstance(positions, slice):
+            raw = self.gather(np.arange(len(self))[positions])
+        elif isinstance(positions, torch.Tensor):
+            raw = self.gather(positions.numpy())
+        else:
+            raw = self.gather(positions)
+        return self.transform(raw)
+
+    def batches(self) -> InputBatches:
+        """An indexable view ``view[positions] == inputs(positions)`` for training loops."""
+        return InputBatches(self)
+
+    def iter_inputs(self, chunk: int = 4096) -> Iterator[torch.Tensor]:
+        """The model inputs in consecutive chunks of ``chunk`` rows (bounded memory)."""
+        for start in range(0, len(self), chunk):
+            yield self.inputs(np.arange(start, min(start + chunk, len(self))))
+
+    def iter_stored(self, chunk: int = 4096) -> Iterator[torch.Tensor]:
+        """The stored inputs in consecutive chunks of ``chunk`` rows (bounded memory)."""
+        for start in range(0, len(self), chunk):
+            yield self.gather(np.arange(start, min(start + chunk, len(self))))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The stored dtype of the inputs."""
+        return self._root.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this dataset's stored inputs (what a copy of them takes)."""
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        return len(self) * math.prod(self.input_shape) * itemsize
+
+    def with_n_classes(self, n_classes: int) -> IndexedDataset:
+        """The same samples (a view) with ``n_classes`` classes (at least ``max(y) + 1``)."""
+        if len(self) and n_classes <= int(self.y.max()):
+            raise DatasetError(f"n_classes={n_classes} but y contains label {int(self.y.max())}.")
+        subset = self._subset(np.arange(len(self)))
+        subset._X = self._X
+        subset.n_classes = int(n_classes)
+        return subset
+
+    def with_transform(self, transform: Transform | None) -> IndexedDataset:
+        """The same samples (a view) with another input transform."""
+        subset = self._subset(np.arange(len(self)))
+        subset._X = self._X
+        subset.transform = as_transform(transform)
+        return subset
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a view pickles as its own rows, never as the tensor it was cut from
-        return (_rebuild, (self.X, self.y, self.ids, self.n_classes, self.subjects))
+        return (_rebuild, (self.X, self.y, self.ids, self.n_classes, self.transform.to_dict(),
+                           self.subjects))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __repr__(self) -> str:
+        dtype = "" if self.dtype == torch.float32 else f", dtype={str(self.dtype)[6:]}"
+        transform = "" if self.transform.is_identity else f", transform={self.transform!r}"
         return (
             f"IndexedDataset(n={len(self)}, input_shape={self.input_shape}, "
-            f"n_classes={self.n_classes})"
+            f"n_classes={self.n_classes}{dtype}{transform})"
         )
 
     @property
@@ -270,6 +406,7 @@ class IndexedDataset:
         positions = np.asarray(positions, dtype=np.int64)
         subset = IndexedDataset.__new__(IndexedDataset)
         subset._root = self._root
+        subset.transform = self.transform
         subset._rows = positions if self._rows is None else self._rows[positions]
         subset._X = None
         subset.y = self.y[torch.from_numpy(positions)]
@@ -300,7 +437,11 @@ class IndexedDataset:
 
     def with_labels(self, y: ArrayLike) -> IndexedDataset:
         """The same samples and ids with other labels (e.g. to plant label noise)."""
-        return IndexedDataset(self.X, y, self.ids, self.subjects, n_classes=self.n_classes)
+        labelled = IndexedDataset(np.zeros((len(self), 0), np.uint8), y, self.ids,
+                                  n_classes=self.n_classes)
+        view = self._subset(np.arange(len(self)))  # the inputs stay where they are
+        view._X, view.y = self._X, labelled.y
+        return view
 
     def ids_of_subject(self, subject: str | int) -> np.ndarray:
         """Ids of the samples whose subject key is ``subject`` (empty if none)."""
@@ -315,21 +456,26 @@ class IndexedDataset:
 
     # -------------------------------------------------------------- identity
     def fingerprint(self) -> str:
-        """SHA-256 over ids, labels, inputs (with shapes and dtypes) and ``n_classes``.
+        """SHA-256 over ids, labels, inputs (with shapes and dtypes), ``n_classes`` and the
+        transform. Inputs are hashed in their stored dtype, in chunks (data on disk is read
+        once, never held whole). Float32 inputs without a transform hash as they always did.
 
         Subject keys, when given, are part of it (a store fitted on other subject keys holds
         other data); a dataset without subjects hashes exactly as before they existed.
         Computed once per ``fit`` (the store's keyed dataset fingerprint is an HMAC of it).
-        Cost: one SHA-256 pass over the data, ~0.3 s for MNIST's 188 MB.
         """
         h = hashlib.sha256()
-        h.update(f"n_classes={self.n_classes};X{tuple(self.X.shape)}".encode())
-        # hashed in place: ``ascontiguousarray`` copies only when the dtype, byte order or
-        # layout differs (``astype(...).tobytes()`` copied the inputs twice: 0.8 s instead of
-        # 0.3 s for MNIST's 188 MB)
-        h.update(np.ascontiguousarray(self.ids, dtype="<i8").data)
-        h.update(np.ascontiguousarray(self.y.numpy(), dtype="<i8").data)
-        h.update(np.ascontiguousarray(self.X.numpy(), dtype="<f4").data)
+        header = f"n_classes={self.n_classes};X{(len(self), *self.input_shape)}"
+        if self.dtype != torch.float32:
+            header += f";dtype={self.dtype}"
+        if not self.transform.is_identity:
+            header += f";transform={self.transform.spec()}"
+        h.update(header.encode())
+        h.update(np.ascontiguousarray(self.ids, dtype="<i8").tobytes())
+        h.update(self.y.numpy().astype("<i8").tobytes())
+        for chunk in self.iter_stored(1 << 14):
+            array = chunk.numpy()
+            h.update(array.astype(array.dtype.newbyteorder("<")).tobytes())
         if self.subjects is not None:
             h.update(b"subjects")
             for key in self.subjects.tolist():
@@ -346,6 +492,12 @@ class IndexedDataset:
         """Concatenate datasets with disjoint ids."""
         if not parts:
             raise DatasetError("concat needs at least one dataset.")
+        transforms = {p.transform for p in parts}
+        if len(transforms) > 1:
+            raise DatasetError(
+                "concat needs datasets with one input transform; got "
+                f"{sorted(map(repr, transforms))}."
+            )
         subjects = None
         if any(p.subjects is not None for p in parts):
             subjects = np.concatenate([p.subjects if p.subjects is not None
@@ -356,10 +508,35 @@ class IndexedDataset:
             np.concatenate([p.ids for p in parts]),
             subjects,
             n_classes=max(p.n_classes for p in parts),
+            transform=parts[0].transform,
         )
 
 
+class InputBatches:
+    """``view[positions]``: the model inputs of a dataset's rows (what a training loop
+    indexes; only the rows of each batch are gathered and transformed)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: IndexedDataset) -> None:
+        self.data = data
+
+    def __getitem__(self, positions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(positions, torch.Tensor):
+            positions = positions.numpy()
+        return self.data.inputs(positions)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.data), *self.data.input_shape)
+
+
 def _rebuild(X: torch.Tensor, y: torch.Tensor, ids: np.ndarray, n_classes: int,
+             transform: dict[str, Any] | None = None,
              subjects: np.ndarray | None = None) -> IndexedDataset:
     """Unpickle an :class:`IndexedDataset` (validated again, as any new one)."""
-    return IndexedDataset(X, y, ids, subjects, n_classes=n_classes)
+    return IndexedDataset(X, y, ids, subjects, n_classes=n_classes,
+                          transform=transform_from_dict(transform))

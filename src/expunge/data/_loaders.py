@@ -16,7 +16,8 @@ Datasets
     ``"digits"``
         scikit-learn's bundled 8x8 digits (1797 images, no files needed). A fixed stratified
         split (``test_size=0.25``, ``split_seed=0``), inputs divided by 16 into ``[0, 1]``,
-        shape ``(n, 1, 8, 8)``, 10 classes. ``root`` is ignored.
+        shape ``(n, 1, 8, 8)``, 10 classes. ``root`` is ignored. ``raw=True`` keeps the pixel
+        counts as uint8 with the input transform ``Scale(1/16)`` (the same bits).
     ``"mnist"``
         Any 4-file IDX set in ``root`` (MNIST, Fashion-MNIST, KMNIST...):
         ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
@@ -25,7 +26,9 @@ Datasets
         exist the raw one is read (no decompression). Images must be uint8; they are divided
         by 255 into float32 of shape ``(n, 1, H, W)``. ``n_classes`` is the largest label in
         either split plus one. Options ``limit_train`` / ``limit_test`` keep a prefix of each
-        split (deterministic; for tests and quick benchmarks).
+        split (deterministic; for tests and quick benchmarks). ``raw=True`` keeps the
+        images uint8, shape ``(n, 1, H, W)``, with the input transform ``Normalize(0, 255)``
+        (the same float32 model inputs, bit for bit, computed per batch).
     ``"adult"``
         UCI Adult ("Census Income"): ``adult.data`` (train) and ``adult.test`` (test) in
         ``root``. Lines starting with ``|`` (``adult.test`` opens with
@@ -75,6 +78,7 @@ from typing import Any
 import numpy as np
 
 from expunge.data._dataset import IndexedDataset
+from expunge.data._transforms import Normalize, Scale
 from expunge.exceptions import DatasetError, InvalidParameterError
 
 __all__ = [
@@ -250,8 +254,15 @@ def _need_folder(name: str, root: PathLike | None, what: str) -> Path:
 
 
 # ============================================================================ digits
+def _check_raw(raw: Any) -> bool:
+    if not isinstance(raw, (bool, np.bool_)):
+        raise InvalidParameterError(f"raw must be True or False; got {raw!r}.")
+    return bool(raw)
+
+
 def _load_digits(
-    root: PathLike | None = None, *, test_size: float | int = 0.25, split_seed: int = 0
+    root: PathLike | None = None, *, test_size: float | int = 0.25, split_seed: int = 0,
+    raw: bool = False,
 ) -> tuple[IndexedDataset, IndexedDataset]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -262,8 +273,12 @@ def _load_digits(
     if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
         raise InvalidParameterError(f"test_size must be in (0, 1); got {test_size!r}.")
     seed = _check_int(split_seed, "split_seed", minimum=0)
+    keep_uint8 = _check_raw(raw)
     bunch = load_digits()
-    X = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
+    if keep_uint8:  # the pixel counts 0..16 as stored; x * 1/16 is exact: the same bits
+        X = np.asarray(bunch.data).astype(np.uint8)
+    else:
+        X = (np.asarray(bunch.data, dtype=np.float64) / 16.0).astype(np.float32)
     X = X.reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)
     if isinstance(test_size, (int, np.integer)) and not 10 <= int(test_size) <= len(y) - 10:
@@ -274,9 +289,10 @@ def _load_digits(
         X, y, test_size=test_size, random_state=seed, stratify=y, shuffle=True
     )
     ids_tr, ids_te = _split_ids(len(y_tr), len(y_te))
+    transform = Scale(1 / 16) if keep_uint8 else None
     return (
-        IndexedDataset(X_tr, y_tr, ids_tr, n_classes=10),
-        IndexedDataset(X_te, y_te, ids_te, n_classes=10),
+        IndexedDataset(X_tr, y_tr, ids_tr, n_classes=10, transform=transform),
+        IndexedDataset(X_te, y_te, ids_te, n_classes=10, transform=transform),
     )
 
 
@@ -313,7 +329,9 @@ def _load_mnist(
     *,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    raw: bool = False,
 ) -> tuple[IndexedDataset, IndexedDataset]:
+    keep_uint8 = _check_raw(raw)
     limit_tr = _check_int(limit_train, "limit_train", minimum=1, allow_none=True)
     limit_te = _check_int(limit_test, "limit_test", minimum=1, allow_none=True)
     folder = _need_folder("mnist", root, "the 4 MNIST IDX files")
@@ -372,6 +390,14 @@ def _load_mnist(
         out /= np.float32(255.0)
         return out[:, None, :, :]
 
+    if keep_uint8:  # (x - 0) / 255 per batch: the same float32 bits as to_float
+        transform = Normalize(0.0, 255.0)
+        return (
+            IndexedDataset(img_tr[:, None, :, :], lab_tr, ids_tr, n_classes=n_classes,
+                           transform=transform),
+            IndexedDataset(img_te[:, None, :, :], lab_te, ids_te, n_classes=n_classes,
+                           transform=transform),
+        )
     return (
         IndexedDataset(to_float(img_tr), lab_tr, ids_tr, n_classes=n_classes),
         IndexedDataset(to_float(img_te), lab_te, ids_te, n_classes=n_classes),
@@ -575,8 +601,8 @@ def _load_npz(root: PathLike | None = None) -> tuple[IndexedDataset, IndexedData
 _LOADERS: dict[str, tuple[Callable[..., tuple[IndexedDataset, IndexedDataset]], tuple[str, ...]]]
 _LOADERS = {
     "adult": (_load_adult, ("drop_missing",)),
-    "digits": (_load_digits, ("test_size", "split_seed")),
-    "mnist": (_load_mnist, ("limit_train", "limit_test")),
+    "digits": (_load_digits, ("test_size", "split_seed", "raw")),
+    "mnist": (_load_mnist, ("limit_train", "limit_test", "raw")),
     "npz": (_load_npz, ()),
 }
 
@@ -598,9 +624,12 @@ def load_dataset(
             file path).
         root: folder (or, for ``"npz"``, file) holding the data, e.g.
             ``"../shared/datasets/mnist"``.
-        **options: per-dataset options: digits ``test_size`` (0.25), ``split_seed`` (0);
-            mnist ``limit_train``, ``limit_test`` (None = all); adult ``drop_missing``
-            (False). See the module docstring for the encodings.
+        **options: per-dataset options: digits ``test_size`` (0.25), ``split_seed`` (0),
+            ``raw`` (False); mnist ``limit_train``, ``limit_test`` (None = all), ``raw``
+            (False); adult ``drop_missing`` (False). See the module docstring for the
+            encodings. ``raw=True`` keeps the pixels as stored (uint8) with the input
+            transform that gives the model the same float32 values, bit for bit, as the
+            default: a quarter of the memory and of the store.
 
     Returns:
         ``(train, test)``; training ids are ``0..n_train-1`` and test ids start at

@@ -79,7 +79,7 @@ def _check_train_matches(train: IndexedDataset | None, data: IndexedDataset,
     if sample.size == 0:
         return
     a, b = train.select(sample), data.select(sample)
-    if not (torch.equal(a.y, b.y) and torch.equal(a.X, b.X)):
+    if not (torch.equal(a.y, b.y) and torch.equal(a.X, b.X) and a.transform == b.transform):
         raise DatasetError(
             "train= does not hold the same samples as the strategy's training data (labels or "
             "inputs differ for shared ids): pass the training data the strategy was fitted on."

@@ -42,8 +42,8 @@ def pool_of(train: IndexedDataset, test: IndexedDataset) -> tuple[IndexedDataset
         test_ids = offset + np.arange(len(test), dtype=np.int64)
     n_classes = max(train.n_classes, test.n_classes)
     pool = IndexedDataset.concat([
-        IndexedDataset(train.X, train.y, train.ids, n_classes=n_classes),
-        IndexedDataset(test.X, test.y, test_ids, n_classes=n_classes)])
+        train.with_n_classes(n_classes),
+        IndexedDataset(test.X, test.y, test_ids, n_classes=n_classes, transform=test.transform)])
     return pool, np.asarray(test_ids)
 
 

@@ -35,7 +35,7 @@ def check_store_param(store: Any) -> None:
         )
 
 
-def check_finite(X: torch.Tensor, what: str) -> None:
+def check_finite(X: torch.Tensor, what: str, *, offset: int = 0) -> None:
     """Refuse NaN and infinite inputs (training would diverge or fit noise silently).
 
     Cost: one pass for the minimum and maximum (``torch.aminmax``, ~2 ms per million values
@@ -51,7 +51,8 @@ def check_finite(X: torch.Tensor, what: str) -> None:
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).reshape(-1)
         raise DatasetError(
-            f"{what} contains NaN or infinite values (rows at positions {bad[:5].tolist()}"
+            f"{what} contains NaN or infinite values (rows at positions "
+            f"{(bad[:5] + offset).tolist()}"
             f"{' ...' if len(bad) > 5 else ''}). Impute or drop them first "
             "(e.g. np.nan_to_num, or IndexedDataset.drop of those ids)."
         )
@@ -73,7 +74,10 @@ def check_training_data(data: IndexedDataset) -> None:
             f"{present[0]}. A classifier of one class predicts it always: add samples of "
             "other classes."
         )
-    check_finite(data.X, "The training data X")
+    if data.dtype.is_floating_point:  # integer inputs are finite; chunks: data may be on disk
+        chunk = 1 << 14
+        for k, rows in enumerate(data.iter_stored(chunk)):
+            check_finite(rows, "The training data X", offset=k * chunk)
 
 
 def check_retained(data: IndexedDataset, n_request: int) -> None:

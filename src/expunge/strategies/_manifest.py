@@ -3,6 +3,7 @@
 ``manifest.json`` records the format version, a random ``store_id`` (the ledger's genesis
 derives from it), the strategy, every recorded parameter, the dataset's shape and its
 fingerprint keyed with the store's secret (an HMAC: it cannot confirm a guessed sample),
+its stored input dtype and input transform (JSON: ``{"kind": "scale", "factor": ...}``),
 and the versions that wrote it. Its keyed digest is committed with every state, so an
 edit is caught by ``verify`` and by ``expunge.open``.
 """
@@ -31,6 +32,9 @@ def new_manifest(strategy: str, params: dict[str, Any], dataset: IndexedDataset,
         "dataset": {
             "hmac": dataset_hmac, "n_samples": len(dataset),
             "n_classes": dataset.n_classes, "input_shape": list(dataset.input_shape),
+            # stored dtype and the input transform predict_proba applies to raw inputs
+            "dtype": str(dataset.dtype).removeprefix("torch."),
+            "transform": dataset.transform.to_dict(),
         },
         "expunge_version": __version__,
         "torch_version": torch.__version__,

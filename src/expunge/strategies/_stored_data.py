@@ -10,6 +10,14 @@ original dataset's keyed fingerprint (an HMAC under the store's secret, so names
 nothing checkable about the data), the bucket and the ids it holds, so an unchanged bucket
 keeps its name and its bytes.
 
+Inputs are stored in the dataset's stored dtype (uint8 images as uint8: the store holds
+about the raw bytes of the retained data, plus 24 bytes a sample for label, id and position)
+with the input transform recorded in every bucket's metadata, so a reopened strategy feeds
+its model exactly as the fitted one did. The store holds its own copy of the retained data,
+whatever held the original (memory, a memory-mapped file, a torch ``Dataset``): forgetting
+rewrites the buckets that held a forgotten id, and the original source is never referenced
+again after ``fit`` (purging it is the data owner's job; see docs/data.md).
+
 A store fitted on data with subject keys also keeps, per row, the keyed hash of the row's
 subject (``subject_hmac``, 32 bytes; all zeros for a row without subject): it is rewritten
 and purged with the row, and the clear key never reaches the disk.
@@ -22,13 +30,14 @@ the order of ``D.drop(F)``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from expunge._hashing import derive_key, keyed_buckets, sha256_ids
-from expunge.data import IndexedDataset
+from expunge.data import Identity, IndexedDataset, transform_from_dict
 from expunge.exceptions import DatasetError, StoreIntegrityError
 from expunge.store import Store, ids_digest
 from expunge.store.subjects import SUBJECT_HASH_BYTES
@@ -94,8 +103,8 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
             if subject_hashes is not None:
                 tensors["subject_hmac"] = torch.from_numpy(
                     np.ascontiguousarray(subject_hashes[rows]))
-            store.write_blob(name, tensors, {"n_classes": str(data.n_classes), "bucket": str(b)},
-                             shared=True)
+            store.write_blob(name, tensors, {"n_classes": str(data.n_classes), "bucket": str(b),
+                                             "transform": data.transform.spec()}, shared=True)
         names.append(name)
     return names
 
@@ -120,17 +129,33 @@ def read_stored_data(store: Store, names: str | Sequence[str]
         )
     try:
         n_classes = int(parts[0][1]["n_classes"])
-        X = torch.cat([tensors["X"] for tensors, _ in parts])
+        # stores written before transforms were recorded hold float32 model inputs
+        specs = {metadata.get("transform", "") for _, metadata in parts}
+        if len(specs) != 1:
+            raise ValueError(f"buckets record different input transforms {sorted(specs)}")
+        spec = specs.pop()
+        transform = transform_from_dict(json.loads(spec)) if spec else Identity()
         y = torch.cat([tensors["y"] for tensors, _ in parts])
         ids = np.concatenate([tensors["ids"].numpy() for tensors, _ in parts])
         positions = np.concatenate([tensors["positions"].numpy() for tensors, _ in parts])
         order = np.argsort(positions, kind="stable")
-        index = torch.from_numpy(order)
-        data = IndexedDataset(X[index], y[index], ids[order], n_classes=n_classes)
         subjects = None
         if all("subject_hmac" in tensors for tensors, _ in parts):
             subjects = np.concatenate([t["subject_hmac"].numpy() for t, _ in parts])[order]
-    except (KeyError, ValueError, RuntimeError, DatasetError) as err:
+        # each bucket's rows go straight to their sorted place: one copy of the inputs in
+        # memory besides the buckets read (not a concatenation and then a reordering)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        first = parts[0][0]["X"]
+        X = torch.empty((len(order), *first.shape[1:]), dtype=first.dtype)
+        start = 0
+        for tensors, _ in parts:
+            rows = tensors.pop("X")
+            X[torch.from_numpy(rank[start:start + len(rows)])] = rows
+            start += len(rows)
+        data = IndexedDataset(X, y[torch.from_numpy(order)], ids[order], n_classes=n_classes,
+                              transform=transform)
+    except (KeyError, ValueError, RuntimeError, DatasetError, json.JSONDecodeError) as err:
         raise StoreIntegrityError(
             f"The training data stored in {store.location!r} is inconsistent ({err}); its "
             "blobs were edited outside expunge."

@@ -42,7 +42,7 @@ from torch import nn
 from expunge._imports import import_callable, is_import_string
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
-from expunge.data import IndexedDataset
+from expunge.data import IndexedDataset, Transform
 from expunge.exceptions import (
     AlreadyForgottenError,
     DatasetError,
@@ -211,20 +211,36 @@ class FittedModel(ABC):
 
 
 # --------------------------------------------------------------------------- helpers
-def _as_inputs(X: Any) -> torch.Tensor:
+def _as_inputs(X: Any, transform: Transform) -> torch.Tensor:
+    """The model inputs for raw ``X``: the fitted input ``transform`` applied to it.
+
+    ``X`` is what the training data stored (uint8 pixels, say), as a tensor, an array or an
+    :class:`IndexedDataset`, whose own transform must then be the fitted one.
+    """
     if isinstance(X, IndexedDataset):
-        check_finite(X.X, "X")
-        return X.X
-    if isinstance(X, torch.Tensor):
-        inputs = X.detach().cpu().to(torch.float32)
+        if X.transform != transform:
+            raise DatasetError(
+                f"This dataset's input transform is {X.transform!r} but the model was fitted "
+                f"with {transform!r}: the same inputs would be fed differently. Pass "
+                f"data.with_transform({transform!r}), or the raw inputs (data.X)."
+            )
+        chunks = list(X.iter_stored())
+        raw = torch.cat(chunks) if chunks else X.gather(np.arange(0))
+    elif isinstance(X, torch.Tensor):
+        raw = X.detach().cpu()
     else:
         try:
-            inputs = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+            array = np.asarray(X)
+            if array.dtype.kind not in "biuf":
+                raise TypeError(f"dtype {array.dtype}")
+            raw = torch.from_numpy(np.ascontiguousarray(array))
         except (TypeError, ValueError) as err:
             raise DatasetError(f"X must be a numeric array or tensor ({err}).") from None
-    if inputs.ndim == 0:
+    if raw.ndim == 0:
         raise DatasetError("X must have a sample dimension; got a scalar.")
-    check_finite(inputs, "X")
+    check_finite(raw, "X")
+    inputs = transform(raw)
+    check_finite(inputs, "X after the input transform")
     return inputs
 
 
@@ -373,6 +389,13 @@ class UnlearningStrategy(ABC):
         """The retained training data (the original data minus everything forgotten)."""
         self._require_fitted("training_data")
         return self.data_
+
+    @property
+    def input_transform(self) -> Transform:
+        """The input transform the model was fitted with (recorded in the store):
+        ``predict_proba`` applies it to raw inputs, as training did per batch."""
+        self._require_fitted("input_transform")
+        return self.data_.transform
 
     @property
     def forgotten_ids(self) -> np.ndarray:
@@ -738,7 +761,7 @@ class UnlearningStrategy(ABC):
     def predict_proba(self, X: Any) -> torch.Tensor:
         """Class probabilities for inputs ``X`` (tensor, array or IndexedDataset)."""
         self._require_fitted("predict_proba")
-        return self.fitted_.predict_proba(_as_inputs(X))
+        return self.fitted_.predict_proba(_as_inputs(X, self.input_transform))
 
     def predict(self, X: Any) -> torch.Tensor:
         """Predicted class per input (ties go to the lowest class)."""

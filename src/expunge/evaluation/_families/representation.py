@@ -75,13 +75,13 @@ def probe_rows(ctx: RunContext) -> None:
         y_test, y_forget = test.y.numpy(), ctx.forget_set.y.numpy()
         forget_acc, test_acc = {}, {}
         for side, module in modules.items():
-            train_x = hidden_features(module, test.X[torch.from_numpy(fit_rows)])
+            train_x = hidden_features(module, test.inputs(fit_rows))
             probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
             probe.fit(train_x, y_test[fit_rows])
             forget_acc[side] = float(np.mean(
-                probe.predict(hidden_features(module, ctx.forget_set.X)) == y_forget))
+                probe.predict(hidden_features(module, ctx.forget_set.inputs())) == y_forget))
             test_acc[side] = float(np.mean(probe.predict(
-                hidden_features(module, test.X[torch.from_numpy(control)])) == y_test[control]))
+                hidden_features(module, test.inputs(control))) == y_test[control]))
         ctx.row("probe.forget_acc", SECTION, "linear probe on hidden features: forget accuracy",
                 forget_acc, "percent", GOOD["probe.forget"])
         ctx.row("probe.test_acc", SECTION, "linear probe: accuracy on held-out test (control)",
@@ -133,7 +133,7 @@ def relearn_rows(ctx: RunContext) -> None:
         capped = []
         for side, module in modules.items():
             target = float(np.mean(ctx.P[side]["retain"].argmax(axis=1) == ctx.labels["retain"]))
-            found = relearn_steps(module, ctx.forget_set.X, ctx.forget_set.y,
+            found = relearn_steps(module, ctx.forget_set.inputs(), ctx.forget_set.y,
                                   ctx.forget_set.ids, target=target, lr=lr, seed=ctx.seed)
             if found is None:
                 capped.append(side)

@@ -32,7 +32,7 @@ def shadow_rows(ctx: RunContext) -> None:
     pool, test_pool_ids = pool_of(original, test)
     retain_targets = subsample(retained, len(test), derive_key(ctx.seed, "lira", "retain"))
     targets = IndexedDataset.concat([
-        IndexedDataset(d.X, d.y, i, n_classes=pool.n_classes)
+        IndexedDataset(d.X, d.y, i, n_classes=pool.n_classes, transform=d.transform)
         for d, i in ((forget_set, forget_set.ids), (test, test_pool_ids),
                      (retain_targets, retain_targets.ids))])
     n_f, n_t = len(forget_set), len(test)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from expunge._progress import NO_PROGRESS, Progress
-from expunge.data import IndexedDataset
+from expunge.data import IndexedDataset, transform_from_dict
 from expunge.store import (
     BlobAccess,
     Checkpoint,
@@ -70,7 +70,8 @@ class BlockHooks(TrainingRecipe):
         assert optimizer is not None
         keys = [EpochKey(int(self.seed), submodel, block, e) for e in range(epochs)]
         train_epochs(
-            module, optimizer, data.X, data.y, data.ids, config=self.train_config(), keys=keys,
+            module, optimizer, data.batches(), data.y, data.ids, config=self.train_config(),
+            keys=keys,
             loss_fn=lambda m, x, y: self._loss(submodel, m, x, y),
             on_epoch=lambda: progress.advance(task),
         )
@@ -174,6 +175,7 @@ class BlockJob:
     store_path: str | None  # a directory store: read and write checkpoints there
     manifest_digest: str  # ... after checking it is the calling process's store
     start_blobs: Blobs  # memory store, first job of a chain: the checkpoint it resumes from
+    transform: dict[str, Any] | None = None  # the data's input transform (its record)
 
 
 @dataclass
@@ -203,7 +205,8 @@ def run_block_job(hooks: BlockHooks, job: BlockJob, rows: tuple[Any, Any, np.nda
     # no hook can crash the worker by writing into shared memory
     X, y, ids = (np.array(a) if isinstance(a, np.ndarray) and not a.flags.writeable else a
                  for a in rows)
-    data = IndexedDataset(X, y, ids, n_classes=job.n_classes)
+    data = IndexedDataset(X, y, ids, n_classes=job.n_classes,
+                          transform=transform_from_dict(job.transform))
     store: WorkerDirectoryStore | WorkerMemoryStore
     if job.store_path is not None:
         store = WorkerDirectoryStore(job.store_path, job.manifest_digest)

@@ -137,7 +137,8 @@ def _run_on(executor: Executor, hooks: BlockHooks, build: BuildPlan, data: Index
             start_blobs[name] = store.read_blob(name)
         jobs[k] = [Job(run_block_job, (strategy, BlockJob(
             k, plan, keys, block, data.n_classes, directory, manifest,
-            start_blobs if block == start else {}), rows), build.block_cost(k, block))
+            start_blobs if block == start else {}, data.transform.to_dict()), rows),
+            build.block_cost(k, block))
             for block in range(start, plan.n_blocks)]
     here, warned = kernel_platform(), set()
     setup = 0.0

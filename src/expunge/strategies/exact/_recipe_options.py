@@ -178,8 +178,10 @@ class RecipeStrategy(ShardedStrategy):
             scaler=torch.amp.GradScaler(device.type) if half is torch.float16 else None,
         )
         keys = [EpochKey(int(self.seed), submodel, block, e) for e in range(epochs)]
-        X, y = (data.X, data.y) if device.type == "cpu" else (data.X.to(device),
-                                                               data.y.to(device))
+        # on CPU each batch's rows are gathered and transformed as they are needed (the
+        # stored dtype stays in memory); on an accelerator the model inputs go there once
+        X, y = (data.batches(), data.y) if device.type == "cpu" else (
+            data.inputs().to(device), data.y.to(device))
         with deterministic(device):
             train_epochs(
                 module, optimizer, X, y, data.ids, config=self.train_config(), keys=keys,
@@ -233,7 +235,8 @@ class RecipeStrategy(ShardedStrategy):
         submodels = fitted.submodels
         active = [s for s in submodels if s.n_trained > 0] or list(submodels)
         members = [copy.deepcopy(s.module).eval() for s in active]
-        module = ExportedClassifier(members, str(getattr(self, "aggregation", "mean")))
+        module = ExportedClassifier(members, str(getattr(self, "aggregation", "mean")),
+                                    self.input_transform.to_dict())
         return module.to(self._torch_device())  # inputs go where the members are
 
     def _export_recipe(self) -> dict[str, Any]:
@@ -241,4 +244,5 @@ class RecipeStrategy(ShardedStrategy):
         return {"strategy": self.name, "model": jsonable_param(self.model),
                 "model_params": jsonable_param(self.model_params),
                 "input_shape": list(data.input_shape), "n_classes": int(data.n_classes),
+                "transform": data.transform.to_dict(),
                 "fingerprint": self.fingerprint()}

@@ -372,6 +372,17 @@ class ARCANE(ShardedStrategy):
                            self.selection, self.n_selected, self.selection_threshold,
                            self.selection_noise])
 
+    def _features_of(self, data: IndexedDataset) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """:meth:`_compute_features` of ``data``'s model inputs, a chunk of rows at a time
+        (the kernels are row-independent: the same bits as all rows at once, without a
+        float32 copy of the class in memory)."""
+        if len(data) == 0:
+            return self._compute_features(data.inputs())
+        parts = [self._compute_features(x) for x in data.iter_inputs()]
+        density, select = ([p[c] for p in parts] for c in (0, 1))
+        return (None if density[0] is None else np.concatenate(density),  # type: ignore[arg-type]
+                None if select[0] is None else np.concatenate(select))  # type: ignore[arg-type]
+
     def _compute_features(self, X: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(model features, selection features) of the rows ``X``, float32; ``None`` if unused."""
         if self.learner != "gaussian" and not self.selection:
@@ -410,7 +421,7 @@ class ARCANE(ShardedStrategy):
                 prev = old[k]  # the picks did not check out: select the class again
 
             def compute(rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-                return self._compute_features(data.select(rows).X)
+                return self._features_of(data.select(rows))
 
             unloaded = prev is not None and (prev.ids is None or (
                 prev.density is None and prev.select is None and "features" in prev.blobs))
@@ -480,8 +491,10 @@ class ARCANE(ShardedStrategy):
             if rows.size == 0 or (rows.max() < len(state.ids) and
                                   np.array_equal(state.ids[rows], data.ids)):
                 return torch.from_numpy(state.density[rows].astype(np.float64))
-        return torch.from_numpy(self.feature_map(data.input_shape).rowwise(data.X)
-                                .astype(np.float64))
+        fmap = self.feature_map(data.input_shape)
+        chunks = [fmap.rowwise(x) for x in data.iter_inputs()]
+        phi = np.concatenate(chunks) if chunks else fmap.rowwise(data.inputs())
+        return torch.from_numpy(phi.astype(np.float64))
 
     # ----------------------------------------------------------------- plans
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
@@ -554,7 +567,7 @@ class ARCANE(ShardedStrategy):
             progress.advance(task, epochs)
             return
         assert isinstance(module, SVDDHead)
-        module.init_center(data.X)  # fixed once, from the first block with data
+        module.init_center(data.inputs())  # fixed once, from the first block with data
         super()._train_block(submodel, block, module, optimizer, data, epochs, progress, task)
 
     def _finalize(
@@ -567,7 +580,7 @@ class ARCANE(ShardedStrategy):
             extras.update(module.density(self.shrinkage_value(data.input_shape)))
             raw = module.score_features(self._density_of(submodel, data), extras)
         else:
-            raw = module.score(data.X, extras)  # type: ignore[operator]
+            raw = module.score(data.inputs(), extras)  # type: ignore[operator]
         extras.update(calibration_stats(raw))
         return extras
 

@@ -309,8 +309,8 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
         task = progress.task(f"{type(self).__name__}: training", self.epochs)
         ordered = data.select(np.sort(data.ids))
         with pinned_threads(THREADS):
-            train_epochs(module, optimizer, ordered.X, ordered.y, ordered.ids, config=config,
-                         keys=keys, on_epoch=lambda: progress.advance(task))
+            train_epochs(module, optimizer, ordered.batches(), ordered.y, ordered.ids,
+                         config=config, keys=keys, on_epoch=lambda: progress.advance(task))
         return module.eval()
 
     def _fit(self, data: IndexedDataset, store: Store, progress: Progress) -> PatchModel:
@@ -435,7 +435,7 @@ class GradientPatch(PatchStrategy):
 
         def step(index: int) -> tuple[torch.Tensor, int]:
             batch = stream.next()
-            loss = sign * cross_entropy_loss(module, data.X[batch], data.y[batch])
+            loss = sign * cross_entropy_loss(module, data.inputs(batch), data.y[batch])
             if penalty is not None:
                 loss = loss + penalty(index, n_steps)
             return loss, len(batch)

@@ -196,7 +196,7 @@ class CertifiedRemoval(PatchStrategy):
     def _features(self, module: nn.Module, data: IndexedDataset) -> torch.Tensor:
         body, _ = self._split(module)
         with torch.no_grad():
-            phi = torch.cat([body(data.X[i : i + 4096]) for i in range(0, len(data), 4096)]
+            phi = torch.cat([body(x) for x in data.iter_inputs()]
                             ) if len(data) else torch.empty(0, 0)
         phi = phi.reshape(len(data), -1).to(torch.float64)
         return torch.cat([phi, torch.ones(len(data), 1, dtype=torch.float64)], dim=1)

@@ -87,7 +87,7 @@ class FisherForgetting(PatchStrategy):
         if len(retained) == 0:
             return Outcome(0, 0, {"note": "nothing retained: no Fisher, no noise"})
         kind = "expected" if self.fisher == "expected" else "empirical"
-        fisher = diagonal_fisher(request.original, retained.X, retained.y,
+        fisher = diagonal_fisher(request.original, retained.inputs(), retained.y,
                                  kind=kind)  # type: ignore[arg-type]
         generator = torch.Generator().manual_seed(derive_key(request.key, "noise") >> 1)
         alpha = float(self.alpha)

@@ -70,8 +70,8 @@ class NegGradPlus(GradientPatch):
 
         def step(_: int) -> tuple[Any, int]:
             r, f = retain_stream.next(), forget_stream.next()
-            loss = (alpha * cross_entropy_loss(module, retained.X[r], retained.y[r])
-                    - (1 - alpha) * cross_entropy_loss(module, forget.X[f], forget.y[f]))
+            loss = (alpha * cross_entropy_loss(module, retained.inputs(r), retained.y[r])
+                    - (1 - alpha) * cross_entropy_loss(module, forget.inputs(f), forget.y[f]))
             return loss, len(r) + len(f)
 
         passes = self._descend(module, n_steps, step, request,

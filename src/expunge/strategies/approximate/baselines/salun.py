@@ -32,7 +32,7 @@ def saliency_mask(module: torch.nn.Module, request: Request, ratio: float
     forget = request.forget
     module.zero_grad(set_to_none=True)
     module.eval()
-    cross_entropy_loss(module, forget.X, forget.y).backward()
+    cross_entropy_loss(module, forget.inputs(), forget.y).backward()
     grads = {name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
              for name, p in module.named_parameters()}
     module.zero_grad(set_to_none=True)

@@ -108,10 +108,10 @@ class SCRUB(GradientPatch):
         def step(index: int) -> tuple[Any, int]:
             if plan[index] == "max":
                 f = forget_stream.next()
-                x = forget.X[f]
+                x = forget.inputs(f)
                 return -distill_kl(student(x), teacher_logits(x), T), len(f)
             r = retain_stream.next()
-            x, y = retained.X[r], retained.y[r]
+            x, y = retained.inputs(r), retained.y[r]
             logits = student(x)
             loss = (CLASSIFICATION_WEIGHT * F.cross_entropy(logits, y)
                     + kd * distill_kl(logits, teacher_logits(x), T))

@@ -31,7 +31,7 @@ def _importance_blob(module: nn.Module, data: IndexedDataset) -> tuple[
     """The training data's Fisher diagonal at the module's weights, as a named blob."""
     fingerprint = module_fingerprint(module)
     ids_hash = sha256_ids(data.ids)
-    fisher = diagonal_fisher(module, data.X, data.y, kind="empirical")
+    fisher = diagonal_fisher(module, data.inputs(), data.y, kind="empirical")
     name = f"ssd/importance-{fingerprint[:16]}-{ids_hash[:16]}"
     return name, (fisher, {"kind": CACHE_KIND, "model_fingerprint": fingerprint,
                            "ids_sha256": ids_hash, "n": str(len(data))})
@@ -109,9 +109,9 @@ class SSD(PatchStrategy):
         if cached:
             importance = cached[0]
         else:
-            importance = diagonal_fisher(request.original, before.X, before.y)
+            importance = diagonal_fisher(request.original, before.inputs(), before.y)
             passes += len(before)
-        forget_importance = diagonal_fisher(request.original, request.forget.X,
+        forget_importance = diagonal_fisher(request.original, request.forget.inputs(),
                                             request.forget.y)
         alpha, dampening = float(self.alpha), float(self.dampening)
         selected = total = 0

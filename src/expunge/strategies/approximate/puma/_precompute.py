@@ -59,7 +59,7 @@ class Linearisation:
         self.strategy, self.data = strategy, data
         self.val_ids, self.removed = val_ids, removed
         self.curv = LossCurvature(
-            module, data.X, data.y, scope=strategy.scope,  # type: ignore[arg-type]
+            module, data.inputs(), data.y, scope=strategy.scope,  # type: ignore[arg-type]
             kind=strategy.hessian,  # type: ignore[arg-type]
             weight_decay=float(strategy.weight_decay),
             damping=0.0 if strategy.uses_kfac_solver else strategy.damping_value(0.0),

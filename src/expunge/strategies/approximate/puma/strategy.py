@@ -390,8 +390,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
                 raise InvalidParameterError("validation is empty; pass held-out samples.")
             n_classes = max(dataset.n_classes, explicit.n_classes)
             dataset = IndexedDataset.concat([
-                IndexedDataset(dataset.X, dataset.y, dataset.ids, n_classes=n_classes),
-                IndexedDataset(explicit.X, explicit.y, explicit.ids, n_classes=n_classes),
+                dataset.with_n_classes(n_classes), explicit.with_n_classes(n_classes),
             ])
         super().fit(dataset, timeout=timeout)
         return self
@@ -497,7 +496,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
             # one intra-op thread, as the exact strategies train (the thread count can
             # change the bits of CPU kernels): fit then equals Retrain on the training split
             with pinned_threads(TRAIN_THREADS):
-                train_epochs(module, optimizer, train.X, train.y, train.ids, config=config,
+                train_epochs(module, optimizer, train.batches(), train.y, train.ids, config=config,
                              keys=keys, on_epoch=lambda: progress.advance(task))
             passes = len(train) * self.epochs
         module.eval()
