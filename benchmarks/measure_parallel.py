@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 import expunge
-from expunge import executors
+from expunge import parallel
 from expunge.data import load_dataset
+from expunge.training import available_cpus
 
 
 def pick_forget_ids(model: expunge.SISA, ids: np.ndarray) -> tuple[list[int], list[int]]:
@@ -71,6 +72,12 @@ def ray_daemon_cpu_seconds() -> float:
     return total
 
 
+def run_facts(model: expunge.SISA) -> dict[str, Any]:
+    """How the executor ran the model's last request (empty when it trained in this process)."""
+    stats = model.fitted_.run_stats
+    return {} if stats is None else stats.to_dict()
+
+
 def run_config(name: str, recipe: dict[str, Any], train: Any, store_kind: str,
                forget_all: list[int], forget_one: list[int]) -> dict[str, Any]:
     executor = {"serial(1)": "serial", "serial(2)": "serial", "process(2x1)": "process",
@@ -78,29 +85,28 @@ def run_config(name: str, recipe: dict[str, Any], train: Any, store_kind: str,
     store = None
     if store_kind == "directory":
         store = str(Path(tempfile.mkdtemp(prefix="expunge-parallel-")) / "store")
-    model = expunge.SISA(**recipe, executor=executor, n_jobs=2, store=store)
-    if name == "serial(2)":
-        # not a constructor parameter (yet): the attribute the engine reads
-        model.threads_per_job = 2  # type: ignore[attr-defined]
+    threads = 2 if name == "serial(2)" else 1
+    model = expunge.SISA(**recipe, executor=executor, n_jobs=2, store=store,
+                         threads_per_job=threads)
     out: dict[str, Any] = {"startup_seconds": 0.0}
     if executor == "process":
-        out["startup_seconds"] = executors.ProcessExecutor(n_jobs=2).warm_up()
+        out["startup_seconds"] = parallel.ProcessExecutor(n_jobs=2).warm_up()
     elif executor == "ray":
-        ray_executor = executors.RayExecutor(n_jobs=2)
+        ray_executor = parallel.RayExecutor(n_jobs=2)
         out["ray_init_seconds"] = ray_executor.startup_seconds
         out["startup_seconds"] = ray_executor.startup_seconds + ray_executor.warm_up()
     daemons = ray_daemon_cpu_seconds() if executor == "ray" else 0.0
     started = time.perf_counter()
     model.fit(train)
     out["fit_seconds"] = time.perf_counter() - started
-    out["fit_run"] = dict(executors.LAST_RUN) if executor != "serial" else {}
+    out["fit_run"] = run_facts(model)
     out["fingerprint_fit"] = model.fingerprint()
     if executor == "ray":
         out["fit_run"]["ray_daemon_cpu_seconds"] = ray_daemon_cpu_seconds() - daemons
         daemons = ray_daemon_cpu_seconds()
     report = model.forget(forget_all)
     out["forget_all_seconds"] = report.seconds
-    out["forget_all_run"] = dict(executors.LAST_RUN) if executor != "serial" else {}
+    out["forget_all_run"] = run_facts(model)
     if executor == "ray":
         out["forget_all_run"]["ray_daemon_cpu_seconds"] = ray_daemon_cpu_seconds() - daemons
     out["fingerprint_forget_all"] = model.fingerprint()
@@ -131,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.limit_train, args.epochs = args.limit_train or 12000, 4
-    cores = executors.available_cpus()
+    cores = available_cpus()
     train, _ = load_dataset("mnist", root=args.data_root, limit_train=args.limit_train)
     recipe = dict(model="mlp", model_params={"hidden_sizes": [args.hidden]},
                   n_shards=args.n_shards, n_slices=args.n_slices, epochs=args.epochs,
@@ -156,7 +162,7 @@ def main() -> None:
         order = names[repeat % len(names):] + names[:repeat % len(names)]
         for name in order:
             result = run_config(name, recipe, train, args.store, forget_all, forget_one)
-            executors.shutdown()  # every configuration starts cold: no idle pool or cluster
+            parallel.shutdown()  # every configuration starts cold: no idle pool or cluster
             runs[name].append(result)
             print(f"[repeat {repeat + 1}] {name}: fit {result['fit_seconds']:.2f} s, forget-5 "
                   f"{result['forget_all_seconds']:.2f} s, forget-1 "
@@ -195,15 +201,15 @@ def main() -> None:
               f"{eff(all5, 'forget_all_seconds')} | {one:.2f} | "
               f"{eff(one, 'forget_one_seconds')} | {'yes' if same else 'no'} | "
               f"{max(r['load_after'] for r in runs[name]):.1f} |")
-    parallel = [n for n in names if n.startswith(("process", "ray"))]
-    if parallel:
+    pooled = [n for n in names if n.startswith(("process", "ray"))]
+    if pooled:
         print("\nWhere the time goes (parallel runs, median): slot utilisation = time inside "
-              "jobs / (slots x wall); set-up = loading strategy, data rows and checkpoint in "
-              "the worker\n")
+              "jobs / (slots x wall); set-up = loading data rows and checkpoint in the worker; "
+              "planned = efficiency of the planned job order on the jobs' estimated costs\n")
         print("| executor | request | jobs | wall s | in jobs s | of which set-up s "
-              "| utilisation | Ray daemons CPU s |")
-        print("|---|---|---|---|---|---|---|---|")
-        for name in parallel:
+              "| utilisation | planned | Ray daemons CPU s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name in pooled:
             for request in ("fit_run", "forget_all_run"):
                 stats = [r[request] for r in runs[name] if r[request]]
                 if not stats:
@@ -213,6 +219,7 @@ def main() -> None:
                       f"{statistics.median(s['job_seconds'] for s in stats):.2f} | "
                       f"{statistics.median(s['setup_seconds'] for s in stats):.2f} | "
                       f"{100 * statistics.median(s['utilisation'] for s in stats):.0f} % | "
+                      f"{100 * statistics.median(s['planned_efficiency'] for s in stats):.0f} % | "
                       f"{statistics.median(s.get('ray_daemon_cpu_seconds', 0) for s in stats):.2f}"
                       " |")
         if "ray(2x1)" in runs:
@@ -222,7 +229,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "cores": cores,
                                               "runs": runs}, indent=2, default=str))
-    executors.shutdown()
+    parallel.shutdown()
 
 
 if __name__ == "__main__":

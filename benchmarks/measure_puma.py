@@ -48,7 +48,7 @@ from expunge.evaluation import sample_loss, threshold_attack
 from expunge.exceptions import ApproximationWarning
 from expunge.strategies import Retrain, UnlearningStrategy
 
-#: the recipe of benchmarks/specs (E1-E5): every strategy trains the same way
+#: the recipe of src/expunge/bench/specs (E1-E5): every strategy trains the same way
 RECIPE = {"model": "mlp", "model_params": {"hidden_sizes": [256]}, "epochs": 10,
           "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "seed": 0}
 #: E3's memorising model: 5,000 training images, 60 epochs, 5 % removed
@@ -113,7 +113,7 @@ class BaseClassTimer:
 
     @contextmanager
     def watching(self) -> Iterator[None]:
-        from expunge.data._dataset import IndexedDataset as Dataset
+        from expunge.data import IndexedDataset as Dataset
         from expunge.strategies.base import UnlearningStrategy as Base
 
         original_write, original_where = Base._write_data, Dataset.where
@@ -323,7 +323,7 @@ def e3_part(root: Path | None, stores: Stores, out: dict[str, Any], quick: bool)
 
 # ---------------------------------------------------------------------------- E6
 def e6_part(root: Path | None, out: dict[str, Any], quick: bool) -> None:
-    """E6's protocol (benchmarks/specs/e6_mislabel.toml): 5 % flipped, clean criterion."""
+    """E6's protocol (src/expunge/bench/specs/e6_mislabel.toml): 5 % flipped, clean criterion."""
     train, _ = load_dataset("digits") if quick else load_dataset("mnist", root=root)
     params = {"model": "logreg", "epochs": 5 if quick else 10,
               "batch_size": 32 if quick else 128, "lr": 0.05, "momentum": 0.9,

@@ -41,8 +41,8 @@ def _every_exact_request_matches_its_preview(monkeypatch: pytest.MonkeyPatch) ->
     the request reports exactly what its preview predicted (issue 17's target: "preview
     equals the real sample_passes for every exact request in the suite")."""
     from expunge.exceptions import ExpungeError
-    from expunge.operations._engine import is_exact_engine
     from expunge.operations.preview import preview_forget
+    from expunge.strategies._replay import is_exact_engine
     from expunge.strategies.base import UnlearningStrategy
 
     real = UnlearningStrategy._apply_forget

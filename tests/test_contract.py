@@ -166,3 +166,156 @@ def test_exact_strategies_are_history_independent(name, small_digits):
         assert strategy.fingerprint() == twin.fingerprint()
         assert np.array_equal(strategy.predict_proba(small_digits.X).numpy(),
                               twin.predict_proba(small_digits.X).numpy())
+
+
+# ------------------------------------------------------------------ parameters
+@pytest.mark.parametrize("name", NAMES)
+def test_get_params_clone_set_params_round_trip(name, small_digits):
+    """scikit-learn's semantics: clone() is unfitted with equal parameters, set_params
+    returns self and sets by name, unknown names and (once fitted) recorded parameters are
+    refused with nothing changed, and a clone fits to the same bits."""
+    strategy = make(name)
+    params = strategy.get_params()
+    assert set(params) == set(type(strategy)().get_params())  # every param has a default
+    twin = strategy.clone()
+    assert type(twin) is type(strategy) and twin is not strategy
+    assert repr(twin) == repr(strategy) and not twin.is_fitted
+    assert type(strategy)(**params).get_params().keys() == params.keys()
+    assert twin.set_params(show_progress=False) is twin
+    with pytest.raises(expunge.exceptions.InvalidParameterError, match="no_such_param"):
+        twin.set_params(seed=3, no_such_param=1)
+    assert twin.seed == strategy.seed  # nothing set
+    strategy.fit(small_digits)
+    clone = strategy.clone()
+    assert not clone.is_fitted and clone.get_params().keys() == params.keys()
+    assert clone.fit(small_digits).fingerprint() == strategy.fingerprint()
+    runtime = type(strategy).runtime_param_names()
+    assert {"store", "show_progress"} <= runtime
+    assert runtime.isdisjoint(strategy.recorded_params())
+    with pytest.raises(expunge.exceptions.InvalidParameterError, match="seed=0.*clone"):
+        strategy.set_params(seed=strategy.seed + 1)
+    assert strategy.seed == params["seed"]
+    assert strategy.set_params(show_progress=False, seed=params["seed"]) is strategy
+    assert clone.clone().set_params(seed=params["seed"] + 1).fit(small_digits).fingerprint() \
+        != strategy.fingerprint()
+
+
+#: what ``UnlearningStrategy._install`` sets on a fitted strategy: its only instance state
+#: besides the constructor's (caches belong to the fitted model or the store)
+INSTALLED = {"store_", "data_", "fitted_", "_data_positions", "_forgotten", "_head",
+             "_subject_hashes"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_requests_keep_no_cache_on_the_strategy(name, small_digits, tmp_path):
+    strategy = make(name, store=tmp_path / "s")
+    constructed = dict(vars(strategy))
+    strategy.fit(small_digits)
+    assert set(vars(strategy)) - set(constructed) == INSTALLED
+    strategy.forget([int(small_digits.ids[3]), int(small_digits.ids[250])])
+    assert set(vars(strategy)) - set(constructed) == INSTALLED
+    assert {k: v for k, v in vars(strategy).items() if k in constructed}.keys() == \
+        constructed.keys()
+    strategy.close()
+
+
+# --------------------------------------------------------------- on disk after forget
+def _files_holding(root, needles):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and any(n in p.read_bytes() for n in needles))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nothing_forgotten_stays_on_disk(name, small_digits, tmp_path):
+    """After forget, no file of the store holds a forgotten sample's input row, every file
+    the request made stale is gone, and an exact strategy's store holds exactly the model
+    files a fit without those samples writes."""
+    path = tmp_path / "store"
+    X = small_digits.X.numpy()
+    # ids whose rows occur once in the data: their bytes can only come from them
+    unique = [i for i in range(len(X)) if sum(np.array_equal(X[i], x) for x in X) == 1]
+    forgotten = [int(small_digits.ids[i]) for i in (unique[0], unique[len(unique) // 2])]
+    rows = [X[small_digits.ids.tolist().index(i)].tobytes() for i in forgotten]
+    strategy = make(name, store=path).fit(small_digits)
+    assert _files_holding(path, rows), "the check reads the stored data (it can fail)"
+    before = set(strategy.store_.list_blobs())
+    report = strategy.forget(forgotten)
+    assert _files_holding(path, rows) == []
+    after = set(strategy.store_.list_blobs())
+    assert report.purged and set(report.purged) <= before and after.isdisjoint(report.purged)
+    files = {p.relative_to(path / "blobs").with_suffix("").as_posix()
+             for p in (path / "blobs").rglob("*") if p.is_file()}
+    assert files == after  # nothing on disk outside the listed blobs
+    if strategy.guarantee == "exact":
+        twin = make(name, store=tmp_path / "twin").fit(small_digits.drop(forgotten))
+        model = {b for b in after if not b.startswith(("data/", "cache/"))}
+        assert model == {b for b in twin.store_.list_blobs()
+                         if not b.startswith(("data/", "cache/"))}
+        twin.close()
+    strategy.close()
+
+
+# ---------------------------------------------------------------------- public names
+PUBLIC_PACKAGES = ["expunge", "expunge.data", "expunge.models", "expunge.store",
+                   "expunge.parallel", "expunge.strategies", "expunge.evaluation",
+                   "expunge.evaluation.attacks", "expunge.bench", "expunge.exceptions",
+                   "expunge.training"]
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_PACKAGES)
+def test_public_all_lists_exist_and_are_public(module_name):
+    import importlib
+
+    module = importlib.import_module(module_name)
+    names = getattr(module, "__all__", None)
+    assert names, f"{module_name} declares no __all__"
+    assert len(names) == len(set(names))
+    missing = [n for n in names if not hasattr(module, n)]
+    assert missing == [], f"{module_name}.__all__ lists names it does not define"
+    assert [n for n in names if n.startswith("_") and n != "__version__"] == []
+
+
+def test_every_registered_strategy_is_public():
+    """Each registered class is exported by ``expunge`` or by a public package above its
+    module (``expunge.strategies.approximate.baselines``), through that package's __all__."""
+    import importlib
+
+    for name in expunge.available_strategies():
+        cls = expunge.get_strategy(name)
+        parts = cls.__module__.split(".")
+        packages = [".".join(parts[:i]) for i in range(1, len(parts))]
+        exporters = [p for p in packages
+                     if cls.__name__ in getattr(importlib.import_module(p), "__all__", ())
+                     and getattr(importlib.import_module(p), cls.__name__) is cls]
+        assert exporters, f"no package above {cls.__module__} exports {cls.__name__}"
+
+
+# ---------------------------------------------------------------------- registry
+def test_register_strategy_refuses_bad_classes_with_expunge_errors():
+    from expunge.exceptions import StrategyRegistrationError
+    from expunge.strategies import Retrain, UnlearningStrategy, register_strategy
+
+    class NoName(Retrain):
+        pass
+
+    class Taken(Retrain):
+        name = "sisa"
+
+    class Abstract(UnlearningStrategy):
+        name = "abstract_one"
+        guarantee = "exact"
+
+    class NoGuarantee(Retrain):
+        name = "no_guarantee"
+        guarantee = "perhaps"  # type: ignore[assignment]
+
+    cases = [(NoName, "needs its own registry name"), (Taken, "'sisa' is already registered"),
+             (Abstract, "does not implement _fit, _forget, _restore"),
+             (NoGuarantee, "'exact', 'certified', 'approximate'; got 'perhaps'"),
+             (dict, "subclass of UnlearningStrategy")]
+    before = expunge.available_strategies()
+    for cls, message in cases:
+        with pytest.raises(StrategyRegistrationError, match=message) as caught:
+            register_strategy(cls)
+        assert isinstance(caught.value, ExpungeError)
+        assert expunge.available_strategies() == before  # nothing registered

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import expunge
-from expunge import executors
+from expunge import parallel
 from expunge.data import IndexedDataset
 from expunge.exceptions import (
     ExpungeError,
@@ -31,15 +31,15 @@ from expunge.exceptions import (
     StoreMismatchError,
     WorkerError,
 )
-from expunge.executors import (
+from expunge.parallel import (
+    Job,
     ProcessExecutor,
     SerialExecutor,
-    WorkerDirectoryStore,
     make_executor,
-    pinned_threads,
     run_chains,
 )
-from expunge.store import DirectoryStore
+from expunge.store import DirectoryStore, WorkerDirectoryStore, manifest_digest_of
+from expunge.training import pinned_threads
 
 SMALL = dict(n_shards=3, n_slices=2, epochs=2, batch_size=16, lr=0.1, momentum=0.9, seed=3)
 
@@ -82,12 +82,19 @@ def ids_in_first_slice(model: expunge.SISA, data: IndexedDataset, per_shard: int
 
 # ------------------------------------------------------------------ bitwise equality
 def _fingerprints(cls: type, params: dict[str, Any], data: IndexedDataset,
-                  requests: list[list[int]], **runtime: Any) -> list[str]:
+                  requests: list[list[int]], runs: list[Any] | None = None,
+                  **runtime: Any) -> list[str]:
+    """Fingerprints after fit and after each request; ``runs`` collects each one's
+    :class:`~expunge.parallel.RunStats` (``None`` where no executor ran)."""
     model = cls(**params, **runtime).fit(data)
     prints = [model.fingerprint()]
+    if runs is not None:
+        runs.append(model.fitted_.run_stats)
     for ids in requests:
         model.forget(ids)
         prints.append(model.fingerprint())
+        if runs is not None:
+            runs.append(model.fitted_.run_stats)
     model.close()
     return prints
 
@@ -101,11 +108,14 @@ def test_process_equals_serial_after_fit_and_forgets(digits, tmp_path, model_nam
     first = ids_in_first_slice(probe, train)  # all 3 shards retrain: the pool is used
     requests = [first, [int(train.ids[100])], [int(i) for i in train.ids[200:230]]]
     serial = _fingerprints(expunge.SISA, params, train, requests, executor="serial")
-    executors.LAST_RUN.clear()
     location = tmp_path / "store" if store == "directory" else None
+    runs: list[Any] = []
     process = _fingerprints(expunge.SISA, params, train, requests, executor="process",
-                            n_jobs=2, store=location)
-    assert executors.LAST_RUN.get("executor") == "process"  # the pool did train blocks
+                            n_jobs=2, store=location, runs=runs)
+    # fit and the first request (all 3 shards) ran on the pool; one id retrains one shard,
+    # a single chain, which trains in this process
+    assert [None if r is None else (r.executor, r.jobs) for r in runs[:3]] == [
+        ("process", 6), ("process", 6), None]
     assert process == serial
     assert len(set(serial)) == len(serial)  # every request changed the model
     # history independence across executors: process forgets == serial fit without the ids
@@ -116,7 +126,9 @@ def test_process_equals_serial_after_fit_and_forgets(digits, tmp_path, model_nam
 def test_data_goes_through_the_pipe_when_shared_memory_is_short(digits, monkeypatch):
     train, _ = digits
     data = train.select(train.ids[:300])
-    monkeypatch.setattr(executors, "_shared_memory_free", lambda: 0)
+    from expunge.parallel import _process
+
+    monkeypatch.setattr(_process, "shared_memory_free", lambda: 0)
     shared = ProcessExecutor(n_jobs=2).share((data.X, data.y, data.ids))
     assert isinstance(shared[0], np.ndarray)  # pickled by value, not via /dev/shm
     params = dict(SMALL, model="logreg")
@@ -126,10 +138,10 @@ def test_data_goes_through_the_pipe_when_shared_memory_is_short(digits, monkeypa
 
 def test_workers_with_other_kernels_are_reported(digits, monkeypatch):
     """A worker whose torch/CPU kernels differ from this process's breaks bitwise claims."""
-    from expunge.strategies.exact import sharded
+    from expunge.strategies.exact import _dispatch
 
     train, _ = digits
-    monkeypatch.setattr(sharded, "_kernel_platform", lambda: "torch 0.0, other kernels")
+    monkeypatch.setattr(_dispatch, "kernel_platform", lambda: "torch 0.0, other kernels")
     model = expunge.SISA(**SMALL, model="logreg", executor="process", n_jobs=2)
     with pytest.warns(NondeterminismWarning, match="other kernels"):
         model.fit(train.select(train.ids[:300]))
@@ -166,9 +178,8 @@ def test_retrain_with_process_executor_trains_in_this_process(digits):
     train, _ = digits
     data = train.select(train.ids[:300])
     params = dict(model="logreg", epochs=2, batch_size=16, lr=0.1, seed=1)
-    executors.LAST_RUN.clear()
     with_pool = expunge.Retrain(**params, executor="process").fit(data)
-    assert executors.LAST_RUN == {}  # no job was sent to a pool
+    assert with_pool.fitted_.run_stats is None  # no job was sent to a pool
     assert with_pool.fingerprint() == expunge.Retrain(**params).fit(data).fingerprint()
 
 
@@ -311,7 +322,7 @@ def test_process_executor_runs_jobs_elsewhere_with_pinned_threads():
 
 
 def test_make_executor_validates_its_arguments():
-    assert isinstance(make_executor("serial"), executors.Executor)
+    assert isinstance(make_executor("serial"), parallel.Executor)
     assert make_executor("process", n_jobs=3).n_jobs == 3
     with pytest.raises(InvalidParameterError, match="'thread'"):
         make_executor("thread")
@@ -363,38 +374,86 @@ def test_run_chains_keeps_order_within_chains_and_bounds_concurrency():
             state["running"] -= 1
         return chain, block
 
-    chains = {k: [(b, 1.0) for b in range(4)] for k in range(5)}
+    chains = {k: [Job(job, (k, b)) for b in range(4)] for k in range(5)}
 
-    def on_done(chain: int, block: int, result: tuple[int, int]) -> None:
-        assert result == (chain, block)
+    def on_done(chain: int, index: int, result: tuple[int, int]) -> None:
+        assert result == (chain, index)
         finished.append(result)
 
-    run_chains(_ThreadExecutor(2), chains, lambda k, b: (job, (k, b)), on_done)
+    stats = run_chains(_ThreadExecutor(2), chains, on_done)
     assert sorted(finished) == [(k, b) for k in range(5) for b in range(4)]
     for k in range(5):
         assert [b for c, b in finished if c == k] == [0, 1, 2, 3]
     assert state["max"] == 2
+    assert (stats.executor, stats.slots, stats.jobs) == ("threads", 2, 20)
+    assert stats.job_seconds >= 20 * 0.01 and stats.wall_seconds > 0
+
+
+def _record(label: Any) -> Any:
+    return label
 
 
 def test_run_chains_starts_the_longest_remaining_chain_first():
     order: list[tuple[int, int]] = []
-    chains = {0: [(0, 1.0), (1, 1.0)], 1: [(0, 5.0)], 2: [(3, 3.0)]}
-    run_chains(SerialExecutor(), chains, lambda k, b: (_threads_and_pid, ()),
-               lambda k, b, _: order.append((k, b)))
+    chains = {0: [Job(_record, (0,), 1.0), Job(_record, (1,), 1.0)], 1: [Job(_record, (0,), 5.0)],
+              2: [Job(_record, (3,), 3.0)]}
+    run_chains(SerialExecutor(), chains, lambda k, i, label: order.append((k, label)))
     assert order == [(1, 0), (2, 3), (0, 0), (0, 1)]
+
+
+def _plus_one(value: int, previous: int | None) -> int:
+    return value + (previous or 0) + 1
+
+
+def test_run_chains_pipeline_passes_each_result_to_the_next_job():
+    results: dict[int, list[int]] = {0: [], 1: []}
+    chains = {k: [Job(_plus_one, (10 * k,)) for _ in range(3)] for k in (0, 1)}
+    run_chains(SerialExecutor(), chains, lambda k, i, r: results[k].append(r), pipeline=True)
+    assert results == {0: [1, 2, 3], 1: [11, 22, 33]}
+
+
+def test_planned_offsets_stagger_equal_chains_of_growing_blocks():
+    """5 SISA shards of 5 cumulative slices on 2 workers (costs = samples x epochs): plain
+    longest-remaining-first leaves the largest blocks of several chains to the end; the
+    planned offsets reach a schedule without idle slots (in simulation)."""
+    costs = {k: [3.0, 6.0, 12.0, 12.0, 15.0] for k in range(5)}
+    ideal = sum(map(sum, costs.values())) / 2
+    assert parallel.simulate(costs, 2) > 1.04 * ideal  # 95 % efficiency
+    offsets, planned = parallel.plan_offsets(costs, 2)
+    assert parallel.simulate(costs, 2, offsets) == pytest.approx(ideal)
+    assert planned == pytest.approx(1.0)
+    assert parallel.plan_offsets(costs, 2) == (offsets, planned)  # deterministic
+    one_slot, _ = parallel.plan_offsets(costs, 1)
+    assert set(one_slot.values()) == {0.0}
 
 
 def test_run_chains_stops_at_the_first_failure():
     started: list[int] = []
 
-    def make(k: int, b: int) -> tuple[Any, tuple[Any, ...]]:
+    def make(k: int, cost: float) -> Job:
         started.append(k)
-        return (_fail, ("chain 0 fails",)) if k == 0 else (_threads_and_pid, ())
+        return Job(_fail, ("chain 0 fails",), cost) if k == 0 else Job(_threads_and_pid, (), cost)
 
-    chains = {0: [(0, 9.0)], 1: [(0, 1.0)], 2: [(0, 1.0)]}
+    chains = {0: [make(0, 9.0)], 1: [make(1, 1.0)], 2: [make(2, 1.0)]}
+    ran: list[int] = []
     with pytest.raises(ValueError, match="chain 0 fails"):
-        run_chains(SerialExecutor(), chains, make, lambda *a: None)
-    assert started == [0]
+        run_chains(SerialExecutor(), chains, lambda k, i, r: ran.append(k))
+    assert ran == []  # chain 0 ran first (most remaining cost) and stopped the run
+
+
+def _slow_write(path: str) -> str:
+    time.sleep(1.5)
+    Path(path).write_text("done")
+    return path
+
+
+def test_run_chains_waits_for_running_jobs_after_a_failure(tmp_path):
+    """No worker still writes when run_chains raises: running jobs are waited for."""
+    marker = tmp_path / "slow-job-finished"
+    chains = {0: [Job(_slow_write, (str(marker),), 9.0)], 1: [Job(_fail, ("boom",), 1.0)]}
+    with pytest.raises(ValueError, match="boom"):
+        run_chains(ProcessExecutor(n_jobs=2), chains)
+    assert marker.read_text() == "done"
 
 
 # ------------------------------------------------------------ worker-side store views
@@ -404,15 +463,90 @@ def test_worker_store_refuses_another_store_and_never_commits(digits, tmp_path):
         train.select(train.ids[:200]))
     manifest = model.store_.read_manifest()
     model.close()
-    digest = executors.manifest_digest_of(manifest or {})
+    digest = manifest_digest_of(manifest or {})
     view = WorkerDirectoryStore(tmp_path / "a", digest)
     view.write_blob("ckpt/test", {"t": torch.ones(2)})
     reader = DirectoryStore(tmp_path / "a", create=False)
     assert reader.has_blob("ckpt/test")
     reader.close()
-    with pytest.raises(StoreError, match="only the calling process"):
-        view.commit({}, {})
+    assert not hasattr(view, "commit")
     with pytest.raises(StoreError, match="not visible from this worker"):
         WorkerDirectoryStore(tmp_path / "a", "0" * 64)
     with pytest.raises(StoreError, match="not visible from this worker"):
         WorkerDirectoryStore(Path(tmp_path / "missing"), digest)
+
+
+# ------------------------------------------------------------- the path of a request
+#: the engine's and the parallel package's modules: a parallel request crosses each once
+_PATH_MODULES = ("expunge.strategies.exact.sharded", "expunge.strategies.exact._plan",
+                 "expunge.strategies.exact._dispatch", "expunge.strategies.exact._blocks",
+                 "expunge.strategies.exact._model", "expunge.parallel.")
+
+
+def revisits(stack: list[str]) -> list[str]:
+    """Modules of ``_PATH_MODULES`` that a call stack (outermost first) enters twice, with
+    another of them in between (consecutive frames of one module count once)."""
+    tracked = [m for m in stack if m.startswith(_PATH_MODULES)]
+    collapsed = [m for i, m in enumerate(tracked) if i == 0 or tracked[i - 1] != m]
+    return sorted({m for m in collapsed if collapsed.count(m) > 1})
+
+
+def test_revisits_detects_a_round_trip():
+    sharded, schedule = _PATH_MODULES[0], "expunge.parallel._schedule"
+    assert revisits([sharded, sharded, schedule]) == []
+    assert revisits([sharded, schedule, "numpy", sharded]) == [sharded]
+
+
+class _InlineWorkers(parallel.SerialExecutor):
+    """Runs each job through the worker bootstrap, in this process: the call stack then
+    holds both sides of a parallel request, the caller's and the worker's."""
+
+    name = "inline"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(torch.get_num_threads())
+        self.n_jobs = 2
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        from expunge.parallel._worker import run_job
+
+        future: Future[Any] = Future()
+        future.set_result(run_job(self.threads_per_job, (), fn, *args))
+        return future
+
+
+def test_parallel_forget_visits_each_engine_module_once(digits, monkeypatch):
+    """A parallel forget goes down strategy -> engine -> dispatch -> parallel -> worker ->
+    blocks and never back up: no engine or parallel module is entered twice on any call
+    stack (the caller's loop handles results; the scheduler never calls into it)."""
+    import inspect
+
+    from expunge.strategies.exact import _dispatch
+
+    train, _ = digits
+    data = train.select(train.ids[:240])
+    model = expunge.SISA(**{**SMALL, "epochs": 1}, model="logreg", executor="process").fit(data)
+    monkeypatch.setattr(_dispatch, "make_executor", _InlineWorkers)
+    seen: set[str] = set()
+    found: set[tuple[str, ...]] = set()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        name = frame.f_globals.get("__name__", "")
+        if event != "call" or not name.startswith(_PATH_MODULES):
+            return
+        seen.add(name)
+        stack = [f.frame.f_globals.get("__name__", "") for f in inspect.stack(0)[::-1]]
+        bad = revisits(stack)
+        if bad:
+            found.add(tuple(bad))
+
+    request = ids_in_first_slice(model, data)
+    sys.setprofile(profile)
+    try:
+        model.forget(request)
+    finally:
+        sys.setprofile(None)
+    assert model.fitted_.run_stats is not None and model.fitted_.run_stats.executor == "inline"
+    assert {"expunge.strategies.exact._dispatch", "expunge.parallel._schedule",
+            "expunge.parallel._worker", "expunge.strategies.exact._blocks"} <= seen
+    assert found == set()

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 import expunge
-from expunge import executors
 from expunge.data import IndexedDataset
 from expunge.exceptions import WorkerError
+from expunge.parallel._ray import SESSION
 
 ray = pytest.importorskip("ray")
 
@@ -38,7 +38,7 @@ def local_cluster():
     yield
     if started_here:
         ray.shutdown()
-        executors._RAY_STATE.update(task=None)
+        SESSION.forget_task()
 
 
 _FORWARDS = {"after_switch": 0}
@@ -69,12 +69,16 @@ def _first_slice_ids(model: Any, data: IndexedDataset) -> list[int]:
 
 
 def _fingerprints(params: dict[str, Any], data: IndexedDataset, requests: list[list[int]],
-                  **runtime: Any) -> list[str]:
+                  runs: list[Any] | None = None, **runtime: Any) -> list[str]:
     model = expunge.SISA(**params, **runtime).fit(data)
     prints = [model.fingerprint()]
+    if runs is not None:
+        runs.append(model.fitted_.run_stats)
     for ids in requests:
         model.forget(ids)
         prints.append(model.fingerprint())
+        if runs is not None:
+            runs.append(model.fitted_.run_stats)
     model.close()
     return prints
 
@@ -87,9 +91,10 @@ def test_ray_equals_serial_and_process_after_fit_and_forgets(digits, tmp_path, s
                 [int(i) for i in train.ids[300:320]]]
     location = tmp_path / "store" if store == "directory" else None
     serial = _fingerprints(params, train, requests)
-    executors.LAST_RUN.clear()
-    on_ray = _fingerprints(params, train, requests, executor="ray", n_jobs=2, store=location)
-    assert executors.LAST_RUN.get("executor") == "ray"
+    runs: list[Any] = []
+    on_ray = _fingerprints(params, train, requests, runs, executor="ray", n_jobs=2,
+                           store=location)
+    assert runs[0] is not None and runs[0].executor == "ray" and runs[0].jobs == 6
     assert on_ray == serial
     if store == "memory":
         process = _fingerprints(params, train, requests, executor="process", n_jobs=2)

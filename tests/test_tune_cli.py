@@ -13,7 +13,7 @@ def test_tune_refuses_a_strategy_without_a_grid(tmp_path, capsys):
 
 
 def test_tune_refuses_a_spec_of_another_kind(tmp_path, capsys):
-    from expunge.bench._spec import spec_dir
+    from expunge.bench import spec_dir
 
     spec = spec_dir() / "e3_membership.toml"
     assert main(["tune", "--spec", str(spec), "--out", str(tmp_path)]) == 2

@@ -23,7 +23,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def mix(z: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on a uint64 array (wrapping arithmetic, no warnings)."""
     with np.errstate(over="ignore"):
         z = z + _GOLDEN
@@ -45,7 +45,7 @@ def derive_key(seed: int, *parts: str | int) -> int:
 def keyed_hash(key: int, ids: np.ndarray) -> np.ndarray:
     """A uint64 hash of each id under ``key`` (from :func:`derive_key`)."""
     ids64 = np.asarray(ids, dtype=np.int64).astype(np.uint64)
-    return _mix(_mix(ids64 ^ np.uint64(key & _MASK)) + np.uint64(key & _MASK))
+    return mix(mix(ids64 ^ np.uint64(key & _MASK)) + np.uint64(key & _MASK))
 
 
 def keyed_uniform(key: int, ids: np.ndarray) -> np.ndarray:

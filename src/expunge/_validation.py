@@ -95,7 +95,7 @@ def _accepts(constraint: Constraint, value: Any) -> bool:
     return constraint.accepts(value)
 
 
-def _describe(constraint: Constraint) -> str:
+def describe(constraint: Constraint) -> str:
     if constraint is None:
         return "None"
     if isinstance(constraint, type):
@@ -111,7 +111,7 @@ def validate_params(
         value = params.get(name)
         if any(_accepts(c, value) for c in allowed):
             continue
-        described = [_describe(c) for c in allowed]
+        described = [describe(c) for c in allowed]
         choices = described[0]
         if len(described) > 1:
             choices = ", ".join(described[:-1]) + " or " + described[-1]

@@ -48,6 +48,11 @@ class UnsupportedModelError(ExpungeError, ValueError):
     """A model cannot be used with the data or strategy (wrong input shape, no parameters...)."""
 
 
+class StrategyRegistrationError(ExpungeError, ValueError, TypeError):
+    """A class cannot be registered as a strategy: not a concrete subclass of
+    ``UnlearningStrategy``, without a ``name`` or ``guarantee``, or its name is taken."""
+
+
 class DatasetError(ExpungeError, ValueError):
     """A data file is missing, truncated or malformed, or arrays disagree in length."""
 
@@ -102,3 +107,28 @@ class ApproximationWarning(ExpungeWarning):
 
 class NondeterminismWarning(ExpungeWarning):
     """An exactness guarantee cannot hold bitwise in the current setting."""
+
+
+__all__ = [
+    "AlreadyForgottenError",
+    "ApproximationWarning",
+    "ConcurrentModificationError",
+    "DatasetError",
+    "ExpungeError",
+    "ExpungeWarning",
+    "InvalidParameterError",
+    "InvalidRequestError",
+    "LedgerIntegrityError",
+    "NondeterminismWarning",
+    "NotFittedError",
+    "StoreError",
+    "StoreIntegrityError",
+    "StoreLockedError",
+    "StoreMismatchError",
+    "StrategyRegistrationError",
+    "UnknownModelError",
+    "UnknownSampleError",
+    "UnknownStrategyError",
+    "UnsupportedModelError",
+    "WorkerError",
+]

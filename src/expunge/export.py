@@ -32,7 +32,7 @@ from expunge._imports import callable_name
 from expunge._version import __version__
 from expunge.exceptions import InvalidParameterError, StoreMismatchError, UnsupportedModelError
 from expunge.models import build_model
-from expunge.store._atomic import atomic_write_bytes
+from expunge.store import atomic_write_bytes
 
 #: rows per forward call, as ``expunge.training.batched_forward`` (same chunks, same bits)
 CHUNK = 4096

@@ -11,6 +11,9 @@ Determinism contract (what makes exact unlearning testable bitwise on CPU):
   on nor disturbs anything outside the epoch;
 * optimizer state (momentum, Adam moments) is carried in checkpoints; the learning rate is
   constant, so it is a function of nothing at all;
+* the number of torch intra-op threads is pinned while a model trains
+  (:func:`pinned_threads`): CPU kernels may sum in another order with another thread count,
+  so the count is part of *what* is computed, in every executor, the serial one included;
 * a :class:`StepRecipe` (the user's training recipe, :mod:`expunge.recipe`) may take over
   each gradient step: it is told the epoch's key, the step's index and the batch's sample
   ids, and derives everything it varies (learning rate, augmentation) from those alone.
@@ -18,7 +21,9 @@ Determinism contract (what makes exact unlearning testable bitwise on CPU):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
@@ -28,10 +33,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from expunge._hashing import derive_key, keyed_order
-from expunge.data._dataset import InputBatches
+from expunge.data import InputBatches
 from expunge.exceptions import InvalidParameterError
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ------------------------------------------------------------------------ threads
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def pinned_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``; restore the old count after.
+
+    Training is pinned because the number of intra-op threads can change the bits of CPU
+    kernels (on this project's reference machine 1 and 2 threads give different weights for
+    every reference model); the rest of the caller's work (prediction, evaluation) keeps
+    its own setting. Cost: nothing when the count is already ``threads``.
+    """
+    before = torch.get_num_threads()
+    if before != threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -194,3 +227,16 @@ def batched_forward(
     if not outs:
         return torch.empty(0)
     return torch.cat(outs)
+
+
+__all__ = [
+    "EpochKey",
+    "TrainConfig",
+    "available_cpus",
+    "batched_forward",
+    "cross_entropy_loss",
+    "epoch_schedule",
+    "make_optimizer",
+    "pinned_threads",
+    "train_epochs",
+]

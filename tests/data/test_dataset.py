@@ -169,6 +169,21 @@ def test_fingerprint_is_stable() -> None:
     assert len(make(5).fingerprint()) == 64
 
 
+def test_fingerprint_bytes_are_those_of_the_stored_format() -> None:
+    """The in-place hash (no copies) gives the digest of the documented byte layout:
+    little-endian int64 ids and labels, float32 inputs, for any layout of the tensors."""
+    import hashlib
+
+    X = torch.arange(40, dtype=torch.float32).reshape(5, 8).t()  # not contiguous
+    ds = IndexedDataset(X, np.arange(8) % 3, ids=np.arange(10, 18)[::-1])
+    h = hashlib.sha256()
+    h.update(f"n_classes={ds.n_classes};X{tuple(ds.X.shape)}".encode())
+    h.update(np.asarray(ds.ids).astype("<i8").tobytes())
+    h.update(ds.y.numpy().astype("<i8").tobytes())
+    h.update(ds.X.numpy().astype("<f4").tobytes())
+    assert ds.fingerprint() == h.hexdigest()
+
+
 def test_fingerprint_changes_with_content() -> None:
     base = make(5)
     fp = base.fingerprint()

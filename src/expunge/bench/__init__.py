@@ -1,4 +1,5 @@
-"""Reproduce the papers' experiments from specs in ``benchmarks/specs`` (``expunge bench``)."""
+"""``expunge bench``: reproduce the papers' experiments from the specs shipped as package data
+(``expunge/bench/specs``)."""
 
 from expunge.bench import (  # noqa: F401  (register kinds)
     _kinds_e8,
@@ -7,8 +8,8 @@ from expunge.bench import (  # noqa: F401  (register kinds)
     _kinds_workload,
 )
 from expunge.bench._kinds import KINDS
-from expunge.bench._runner import render_results, run_all, run_experiment
-from expunge.bench._spec import ExperimentSpec, available_experiments, load_spec
+from expunge.bench._runner import render_folder, render_results, run_all, run_experiment
+from expunge.bench._spec import ExperimentSpec, available_experiments, load_spec, spec_dir
 
-__all__ = ["KINDS", "ExperimentSpec", "available_experiments", "load_spec", "render_results",
-           "run_all", "run_experiment"]
+__all__ = ["KINDS", "ExperimentSpec", "available_experiments", "load_spec", "render_folder",
+           "render_results", "run_all", "run_experiment", "spec_dir"]

@@ -36,10 +36,11 @@ class Context:
         return self._data
 
     def make(self, label: str, store: Path | None = None, **overrides: Any) -> Any:
-        """A fresh, unfitted strategy for ``label`` (recipe + its params + the seed)."""
+        """A fresh, unfitted strategy for ``label`` (recipe + its params + the seed); a
+        parameter the strategy does not take is an ``InvalidParameterError`` naming it."""
         name, params = self.spec.strategy_params(label, self.seed)
         params = {"show_progress": self.show_progress, **params, **overrides}
-        return expunge.get_strategy(name)(**params, store=store)
+        return expunge.get_strategy(name)().set_params(**params, store=store)
 
     def fitted_copy(self, label: str, reopen: dict[str, Any] | None = None,
                     **overrides: Any) -> tuple[Any, float]:

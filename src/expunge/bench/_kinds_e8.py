@@ -34,9 +34,9 @@ from expunge.evaluation import (
     EvaluationCache,
     EvaluationReport,
     combine_reports,
+    interval,
     memorised_forget_ids,
 )
-from expunge.evaluation._report import interval
 
 FORGET_SETS = ("random", "memorised", "class")
 SUMMARY = "mean of 3"

@@ -1,4 +1,4 @@
-"""Experiment specs: one short TOML file per experiment in ``benchmarks/specs/``.
+"""Experiment specs: one short TOML file per experiment, shipped in ``expunge/bench/specs/``.
 
 A spec names the dataset, the model and training recipe shared by every strategy, the
 strategies (each a registered name plus its own parameters), experiment settings, and a
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,21 @@ def load_spec(path: Path) -> ExperimentSpec:
 
 
 def spec_dir() -> Path:
-    """``benchmarks/specs`` of this checkout (the package lives in ``src/expunge``)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "benchmarks" / "specs"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd() / "benchmarks" / "specs"
+    """The specs shipped with the package (package data ``expunge/bench/specs``), wherever
+    it is installed: nothing depends on a checkout's layout or the working directory."""
+    return Path(str(resources.files("expunge.bench").joinpath("specs")))
 
 
 def available_experiments(directory: Path | None = None) -> dict[str, Path]:
-    directory = directory or spec_dir()
+    """``{name: path}`` of the specs in ``directory`` (default: the shipped ones).
+
+    Raises:
+        InvalidParameterError: ``directory`` is not a folder.
+    """
+    directory = Path(directory) if directory is not None else spec_dir()
+    if not directory.is_dir():
+        raise InvalidParameterError(
+            f"The spec folder {str(directory)!r} does not exist; pass a folder of *.toml "
+            f"specs, or leave it out to use the shipped ones ({spec_dir()})."
+        )
     return {p.stem: p for p in sorted(directory.glob("*.toml"))}

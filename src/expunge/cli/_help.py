@@ -19,7 +19,7 @@ import inspect
 import re
 from functools import cache
 
-from expunge._validation import _describe
+from expunge._validation import describe
 from expunge.strategies import available_strategies, get_strategy
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Attributes):\s*$")
@@ -122,7 +122,7 @@ def parameter_help(cls: type, name: str) -> str:
     if parameter.default is not inspect.Parameter.empty:
         parts.append(f"Default: {parameter.default!r}.")
     if constraints:
-        allowed = [_describe(c) for c in constraints]
+        allowed = [describe(c) for c in constraints]
         parts.append("Allowed: " + (" or ".join(allowed)) + ".")
     # argparse formats help with %: escape it
     return " ".join(p for p in parts if p).replace("%", "%%")

@@ -7,7 +7,7 @@ Inputs keep their stored dtype; a recorded transform (:class:`Scale`, :class:`No
 makes the model's float32 inputs per batch. See docs/data.md.
 """
 
-from expunge.data._dataset import IndexedDataset, InputBatches, as_id_array
+from expunge.data._dataset import IndexedDataset, InputBatches, as_id_array, as_subject_array
 from expunge.data._loaders import (
     TEST_ID_OFFSET,
     available_datasets,
@@ -36,6 +36,7 @@ __all__ = [
     "Scale",
     "Transform",
     "as_id_array",
+    "as_subject_array",
     "as_transform",
     "available_datasets",
     "class_forget_ids",

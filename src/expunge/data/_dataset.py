@@ -462,6 +462,7 @@ class IndexedDataset:
 
         Subject keys, when given, are part of it (a store fitted on other subject keys holds
         other data); a dataset without subjects hashes exactly as before they existed.
+        Computed once per ``fit`` (the store's keyed dataset fingerprint is an HMAC of it).
         """
         h = hashlib.sha256()
         header = f"n_classes={self.n_classes};X{(len(self), *self.input_shape)}"

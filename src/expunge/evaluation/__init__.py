@@ -46,7 +46,7 @@ from expunge.evaluation._metrics import (
     tpr_at_fpr,
 )
 from expunge.evaluation._reference import retrain_reference
-from expunge.evaluation._report import EvaluationReport, MetricRow
+from expunge.evaluation._report import EvaluationReport, MetricRow, interval
 from expunge.evaluation._shadow_pool import memorisation_scores, memorised_forget_ids
 from expunge.evaluation.attacks import (
     LogisticAttackResult,
@@ -77,6 +77,7 @@ __all__ = [
     "entropy",
     "evaluate",
     "hidden_features",
+    "interval",
     "js_divergence",
     "klom_scores",
     "likelihood_ratio_scores",

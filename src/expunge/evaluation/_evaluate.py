@@ -35,7 +35,7 @@ import torch
 from expunge._hashing import sha256_ids
 from expunge._progress import Progress
 from expunge._version import __version__
-from expunge.data._dataset import IndexedDataset, as_id_array
+from expunge.data import IndexedDataset, as_id_array
 from expunge.evaluation._cache import EvaluationCache
 from expunge.evaluation._families._context import Options, Timer
 from expunge.evaluation._families.across_runs import klom_rows
@@ -337,7 +337,7 @@ def _build_report(strategy: UnlearningStrategy, runs: list[Run], test: IndexedDa
     return EvaluationReport(
         strategy=strategy.name,
         guarantee=strategy.guarantee,
-        params=strategy._recorded_params(),
+        params=strategy.recorded_params(),
         fingerprint=first.fingerprint,
         status=first.status,
         n_forget=first.n_forget,

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from expunge._hashing import sha256_ids
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, UnsupportedModelError
-from expunge.store import MemoryStore, Store
-from expunge.store import _layout as layout
+from expunge.store import Store
 from expunge.strategies.base import CACHE_PREFIX, UnlearningStrategy
 from expunge.strategies.exact.retrain import Retrain
 from expunge.strategies.exact.sharded import ShardedModel, Submodel
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from expunge.evaluation._cache import EvaluationCache
 
 REFERENCE_BLOB_PREFIX = CACHE_PREFIX + "reference/"
-#: parameters that choose how or where to run, never what is computed
-_NOT_SHARED = frozenset({"store", "show_progress", "executor", "n_jobs", "ray_address"})
 
 
 @dataclass
@@ -55,12 +52,7 @@ class ModelView:
 
 def single_module(strategy: UnlearningStrategy) -> nn.Module | None:
     """The strategy's network if it is exactly one (Retrain, PUMA), else ``None`` (ensembles)."""
-    fitted = getattr(strategy, "fitted_", None)
-    submodels = getattr(fitted, "submodels", None)
-    if submodels is not None:
-        return submodels[0].module if len(submodels) == 1 else None
-    module = getattr(fitted, "module", None)
-    return module if isinstance(module, nn.Module) else None
+    return strategy.fitted_.single_module() if strategy.is_fitted else None
 
 
 def model_view(strategy: UnlearningStrategy) -> ModelView:
@@ -69,23 +61,20 @@ def model_view(strategy: UnlearningStrategy) -> ModelView:
 
 def copy_with(strategy: UnlearningStrategy, **changes: Any) -> UnlearningStrategy:
     """A fresh, unfitted, in-memory copy of ``strategy`` with some parameters changed."""
-    params = strategy.get_params()
-    missing = [k for k in changes if k not in params]
+    missing = [k for k in changes if k not in strategy.get_params()]
     if missing:
         raise InvalidParameterError(
             f"{type(strategy).__name__} has no parameter(s) {missing}, which this evaluation "
             "needs to vary (seeds= and shadow models set 'seed'; shadow_epochs sets 'epochs'; "
             "unlearning seeds set 'unlearn_seed')."
         )
-    params.update(changes)
-    params["store"] = None
-    params["show_progress"] = False
-    return type(strategy)(**params)
+    return strategy.clone().set_params(**changes, store=None, show_progress=False)
 
 
 def shared_training_params(strategy: UnlearningStrategy) -> dict[str, Any]:
-    """The evaluated strategy's parameters that :class:`Retrain` also has (store excluded)."""
-    names = set(Retrain._param_names()) - _NOT_SHARED
+    """The evaluated strategy's parameters that :class:`Retrain` also has and that decide
+    what is computed (its runtime parameters left out: the reference runs in memory)."""
+    names = set(Retrain().get_params()) - Retrain.runtime_param_names()
     return {k: v for k, v in strategy.get_params().items() if k in names}
 
 
@@ -146,7 +135,7 @@ def retrain_reference(
             (pass ``reference=`` a strategy of your own instead).
     """
     retrain = _retrain_for(strategy)
-    params = retrain._recorded_params()
+    params = retrain.recorded_params()
     key = reference_key(params, retained)
     blob = REFERENCE_BLOB_PREFIX + key[:32]
     store: Store | None = getattr(strategy, "store_", None) if cache else None
@@ -230,7 +219,7 @@ def strategy_reference(
         store_bytes=store_bytes_excluding_cache(reference.store_), cached=False,
         description={
             "kind": "strategy", "strategy": reference.name,
-            "params": reference._recorded_params(), "n_train": len(reference.training_data),
+            "params": reference.recorded_params(), "n_train": len(reference.training_data),
             "fingerprint": reference.fingerprint(), "cached": False,
             "note": "fit cost from its ledger" + (
                 f"; it has since served {len(forgets)} forget request(s)" if forgets else ""),
@@ -240,16 +229,6 @@ def strategy_reference(
 
 def store_bytes_excluding_cache(store: Store) -> int:
     """Bytes the store uses, not counting ``cache/`` blobs (the evaluation's own additions)."""
-    total = store.size_bytes()
-    cached = [name for name in store.list_blobs() if name.startswith(CACHE_PREFIX)]
-    if not cached:
-        return total
-    root = getattr(store, "root", None)
-    for name in cached:
-        if root is not None:
-            path = layout.blob_path(root, name)
-            total -= path.stat().st_size if path.is_file() else 0
-        elif isinstance(store, MemoryStore):
-            tensors, _ = store.read_blob(name)
-            total -= sum(t.numel() * t.element_size() for t in tensors.values())
-    return max(total, 0)
+    cached = sum(store.blob_size(name) for name in store.list_blobs()
+                 if name.startswith(CACHE_PREFIX))
+    return max(store.size_bytes() - cached, 0)

@@ -11,7 +11,7 @@ import torch
 
 from expunge._hashing import derive_key, keyed_order
 from expunge._progress import Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._families import FAMILIES
 from expunge.evaluation._families._context import Options, RunContext, Timer
 from expunge.evaluation._families.across_runs import keep_margins

@@ -23,7 +23,7 @@ import numpy as np
 
 from expunge._hashing import derive_key, keyed_hash, sha256_ids
 from expunge._progress import NO_PROGRESS, Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._cache import CachedShadow, EvaluationCache
 from expunge.evaluation._features import logit_scaled_confidence
 from expunge.evaluation._reference import copy_with, shared_training_params
@@ -57,10 +57,10 @@ def fit_identity(strategy: UnlearningStrategy, changes: dict[str, object],
     """What a shadow's fit depends on besides its seed and data (JSON)."""
     if as_retrain or fits_like_retrain(strategy):
         params = {**shared_training_params(strategy), **changes}
-        recorded = Retrain(**{**params, "seed": 0})._recorded_params()
+        recorded = Retrain(**{**params, "seed": 0}).recorded_params()
         name = "retrain"
     else:
-        recorded = {**strategy._recorded_params(), **changes}
+        recorded = {**strategy.recorded_params(), **changes}
         name = strategy.name
     recorded.pop("seed", None)
     return json.dumps({"strategy": name, "params": recorded}, sort_keys=True, default=str)

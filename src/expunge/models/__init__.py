@@ -5,8 +5,11 @@ from expunge.models._registry import (
     ModelSpec,
     available_models,
     build_model,
+    init_seed,
     register_model,
     seeded_init,
+    seeded_model,
 )
 
-__all__ = ["ModelSpec", "available_models", "build_model", "register_model", "seeded_init"]
+__all__ = ["ModelSpec", "available_models", "build_model", "init_seed", "register_model",
+           "seeded_init", "seeded_model"]

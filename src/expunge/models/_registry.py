@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from expunge._hashing import derive_key
 from expunge._imports import import_callable, is_import_string
 from expunge.exceptions import UnknownModelError, UnsupportedModelError
 
@@ -95,3 +96,28 @@ def seeded_init(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+def init_seed(seed: int, submodel: int = 0) -> int:
+    """The torch seed of sub-model ``submodel``'s initial weights: ``derive_key(seed, "init",
+    submodel) >> 1`` (63 bits, as ``torch.manual_seed`` takes)."""
+    return derive_key(int(seed), "init", int(submodel)) >> 1
+
+
+def seeded_model(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    options: Mapping[str, Any] | None = None,
+    *,
+    seed: int,
+    submodel: int = 0,
+) -> nn.Module:
+    """Sub-model ``submodel``'s freshly initialised network, a function of ``(seed, submodel)``.
+
+    The one way every strategy builds an initial model (Retrain, SISA, ARCANE's SVDD
+    network, PUMA, the approximate baselines), so that two strategies with the same
+    recipe start from the same bits: PUMA's fit equals Retrain's on the same training ids.
+    """
+    return seeded_init(init_seed(seed, submodel),
+                       lambda: build_model(spec, input_shape, n_outputs, options))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from expunge._hashing import _mix, derive_key, keyed_hash
+from expunge._hashing import derive_key, keyed_hash, mix
 from expunge.exceptions import DatasetError, InvalidParameterError
 
 Augmentation = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
@@ -45,7 +45,7 @@ def crop_padding(height: int, width: int) -> int:
 
 def _keyed_bits(keys: np.ndarray, salt: int) -> np.ndarray:
     """Fresh uint64 bits per key for one purpose (so crop and flip draw independently)."""
-    return _mix(np.asarray(keys, dtype=np.uint64) ^ np.uint64(salt))
+    return mix(np.asarray(keys, dtype=np.uint64) ^ np.uint64(salt))
 
 
 def random_crop(x: torch.Tensor, keys: np.ndarray) -> torch.Tensor:

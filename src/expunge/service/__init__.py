@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from expunge.exceptions import ExpungeError
+from expunge.service._tokens import read_tokens
 
 
 class ServiceUnavailableError(ExpungeError, ImportError):
@@ -36,4 +37,4 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
     return create(*args, **kwargs)
 
 
-__all__ = ["ServiceUnavailableError", "create_app", "require_service_extra"]
+__all__ = ["ServiceUnavailableError", "create_app", "read_tokens", "require_service_extra"]

@@ -2,12 +2,19 @@
 
 from pathlib import Path
 
+from expunge.store._atomic import atomic_write_bytes
 from expunge.store._checkpoints import Checkpoint, pack, unpack
 from expunge.store._directory import DirectoryStore
-from expunge.store._integrity import StoreKey, verify_store
+from expunge.store._integrity import StoreKey, ids_digest, verify_store
 from expunge.store._ledger import GENESIS, Ledger, LedgerEntry
 from expunge.store._memory import MemoryStore
 from expunge.store._store import CACHE_PREFIX, Head, Store
+from expunge.store._worker import (
+    BlobAccess,
+    WorkerDirectoryStore,
+    WorkerMemoryStore,
+    manifest_digest_of,
+)
 
 
 def open_store(location: str | Path | None, *, create: bool) -> Store:
@@ -20,6 +27,7 @@ def open_store(location: str | Path | None, *, create: bool) -> Store:
 __all__ = [
     "CACHE_PREFIX",
     "GENESIS",
+    "BlobAccess",
     "Checkpoint",
     "DirectoryStore",
     "Head",
@@ -28,6 +36,11 @@ __all__ = [
     "MemoryStore",
     "Store",
     "StoreKey",
+    "WorkerDirectoryStore",
+    "WorkerMemoryStore",
+    "atomic_write_bytes",
+    "ids_digest",
+    "manifest_digest_of",
     "open_store",
     "pack",
     "unpack",

@@ -17,43 +17,23 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
-
 from expunge.exceptions import StoreError, StoreIntegrityError
 from expunge.store import _layout as layout
 from expunge.store._atomic import atomic_write_bytes
+from expunge.store._blobs import decode, encode, read_file, write_file
 from expunge.store._fs import file_mode, os_errors, sqlite_errors
 from expunge.store._integrity import CHUNK, StoreKey
 from expunge.store._ledger import SCHEMA
 from expunge.store._lock import FileLock
-from expunge.store._store import CACHE_PREFIX, Metadata, Store, Tensors, _prepare
-
-
-def _safetensors_metadata(data: bytes, where: str) -> Metadata:
-    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
-    try:
-        size = int.from_bytes(data[:8], "little")
-        if len(data) < 8 or size > len(data) - 8:
-            raise ValueError("the header is truncated")
-        header = json.loads(data[8:8 + size])
-        metadata = header.get("__metadata__") or {}
-        return {str(k): str(v) for k, v in dict(metadata).items()}
-    except (ValueError, TypeError, AttributeError) as err:
-        raise StoreIntegrityError(
-            f"{where} is not a readable safetensors file ({err}): it is truncated or corrupted."
-        ) from None
+from expunge.store._store import CACHE_PREFIX, Metadata, Store, Tensors
 
 
 class DirectoryStore(Store):
     """A store directory on disk. ``create=True`` makes the folder (``fit``); otherwise it
     must already hold a manifest (``expunge.open``)."""
 
-    _records_digests = True
-
     def __init__(self, root: str | Path, *, create: bool) -> None:
-        self._init_blob_access(Path(root))
-        root = self.root
+        root = self.root = Path(root)
         if str(root).strip() in ("", "."):
             raise StoreError(
                 f"store={str(root)!r} is not a store folder: pass a directory path such as "
@@ -78,12 +58,6 @@ class DirectoryStore(Store):
                                     f"the write lock of store {str(root)!r}", record_holder=True)
         self._read_lock = FileLock(root / layout.READ_LOCK,
                                    f"the read lock of store {str(root)!r}")
-
-    def _init_blob_access(self, root: Path) -> None:
-        """The attributes blob reads and writes need (workers set only these)."""
-        self.root = root
-        self.write_hook = None
-        self._known = {}
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         path = layout.database_path(self.root)
@@ -180,45 +154,24 @@ class DirectoryStore(Store):
         path = layout.blob_path(self.root, name)
         if path.exists():
             return
-        data = save_safetensors(_prepare(tensors), metadata=dict(metadata or {}))
-        digest = self.key.digest("blob", data) if self._records_digests else None
-        with os_errors("write", path):
-            atomic_write_bytes(path, data)
-        if digest is not None:
-            self._known[name] = digest
+        data = encode(tensors, metadata)
+        digest = self.key.digest("blob", data)
+        write_file(path, data)
+        self._known[name] = digest
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
         path = layout.blob_path(self.root, name)
         expected = self._known.get(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            error = StoreIntegrityError if expected is not None else StoreError
-            raise error(
-                f"The store {str(self.root)!r} is missing {path} ({name}); it was deleted "
-                "outside expunge. Restore it from a backup, or refit into a new store."
-            ) from None
-        except OSError as err:
-            with os_errors("read", path):
-                raise err
-        if self._records_digests:
-            digest = self.key.digest("blob", data)
-            if expected is not None and digest != expected:
-                raise StoreIntegrityError(
-                    f"{path} does not match the digest committed for it: it was modified, "
-                    "truncated or replaced outside expunge, so nothing is trained from it. "
-                    "Restore it from a backup, or refit into a new store."
-                )
-            self._known[name] = digest
-        metadata = _safetensors_metadata(data, str(path))
-        try:
-            tensors = load_safetensors(data)
-        except Exception as err:  # safetensors raises its own SafetensorError
+        data = read_file(path, name, self.root, committed=expected is not None)
+        digest = self.key.digest("blob", data)
+        if expected is not None and digest != expected:
             raise StoreIntegrityError(
-                f"{path} is not a readable safetensors file ({err}): it is truncated or "
-                "corrupted."
-            ) from None
-        return tensors, metadata
+                f"{path} does not match the digest committed for it: it was modified, "
+                "truncated or replaced outside expunge, so nothing is trained from it. "
+                "Restore it from a backup, or refit into a new store."
+            )
+        self._known[name] = digest
+        return decode(data, str(path))
 
     def blob_digest(self, name: str) -> str:
         path = layout.blob_path(self.root, name)
@@ -261,6 +214,10 @@ class DirectoryStore(Store):
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def blob_size(self, name: str) -> int:
+        path = layout.blob_path(self.root, name)
+        return path.stat().st_size if path.is_file() else 0
 
     def _remove_temp_files(self) -> None:
         for folder, pattern in ((layout.blobs_dir(self.root), "*" + layout.TEMP_SUFFIX),

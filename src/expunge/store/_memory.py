@@ -7,10 +7,11 @@ import sqlite3
 from typing import Any
 
 from expunge.exceptions import StoreError, StoreIntegrityError
+from expunge.store._blobs import Metadata, Tensors, prepare
 from expunge.store._integrity import StoreKey, tensors_digest
 from expunge.store._ledger import SCHEMA
 from expunge.store._lock import ThreadLock
-from expunge.store._store import CACHE_PREFIX, Metadata, Store, Tensors, _prepare
+from expunge.store._store import CACHE_PREFIX, Store
 
 
 class MemoryStore(Store):
@@ -47,7 +48,7 @@ class MemoryStore(Store):
         if self.write_hook is not None:
             self.write_hook("write", name)
         if name not in self._blobs:
-            kept = {k: v.detach() for k, v in tensors.items()} if shared else _prepare(tensors)
+            kept = {k: v.detach() for k, v in tensors.items()} if shared else prepare(tensors)
             meta = dict(metadata or {})
             self._blobs[name] = (kept, meta)
             self._known[name] = tensors_digest(self.key, kept, meta)

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import torch
-
 from expunge._version import __version__
 from expunge.exceptions import (
     ConcurrentModificationError,
@@ -43,13 +41,11 @@ from expunge.exceptions import (
     StoreIntegrityError,
     StoreLockedError,
 )
+from expunge.store._blobs import Metadata, Tensors
 from expunge.store._fs import sqlite_errors
 from expunge.store._integrity import StoreKey, head_mac, ledger_genesis, text_digest
 from expunge.store._ledger import Ledger, LedgerEntry, chain_hash
 from expunge.store._lock import FileLock, ThreadLock, WaitNotice
-
-Tensors = dict[str, torch.Tensor]
-Metadata = dict[str, str]
 
 #: blobs under this prefix are caches (e.g. the evaluation's retrained reference): recovery
 #: keeps them, but every ``forget`` purges them all, since they may carry the forgotten ids
@@ -65,10 +61,6 @@ class Head:
 
     def describe(self) -> str:
         return "no committed request" if self.seq == 0 else f"request #{self.seq}"
-
-
-def _prepare(tensors: Tensors) -> Tensors:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
 
 
 class Store(ABC):
@@ -128,6 +120,14 @@ class Store(ABC):
     @abstractmethod
     def size_bytes(self) -> int:
         """Bytes used by blobs and the database."""
+
+    def blob_size(self, name: str) -> int:
+        """Bytes blob ``name`` takes in this store (0 if absent); counted in
+        :meth:`size_bytes`. Default: its tensors' bytes (a store with files says their size)."""
+        if not self.has_blob(name):
+            return 0
+        tensors, _ = self.read_blob(name)
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @property
     def location(self) -> str:

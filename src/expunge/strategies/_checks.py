@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from expunge.data._dataset import IndexedDataset, as_id_array
+from expunge.data import IndexedDataset, as_id_array
 from expunge.exceptions import (
     DatasetError,
     InvalidParameterError,

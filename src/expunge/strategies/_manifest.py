@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from expunge._version import __version__
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import StoreIntegrityError, StoreMismatchError
 from expunge.store import Store
 

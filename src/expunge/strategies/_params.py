@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from expunge._validation import Check, Constraint
 from expunge.exceptions import InvalidParameterError, StoreMismatchError
+
+#: the parameters every strategy has: where it persists, whether it shows progress
+#: (both runtime parameters: see ``UnlearningStrategy._runtime_params``)
+COMMON_CONSTRAINTS: dict[str, list[Constraint]] = {
+    "store": [None, str, Check(lambda v: hasattr(v, "__fspath__"), "a path")],
+    "show_progress": [bool],
+}
 
 
 def jsonable_param(value: Any) -> Any:

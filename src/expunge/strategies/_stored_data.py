@@ -37,11 +37,10 @@ import numpy as np
 import torch
 
 from expunge._hashing import derive_key, keyed_buckets, sha256_ids
-from expunge.data._dataset import IndexedDataset
-from expunge.data._transforms import Identity, transform_from_dict
+from expunge.data import Identity, IndexedDataset, transform_from_dict
 from expunge.exceptions import DatasetError, StoreIntegrityError
-from expunge.store import Store
-from expunge.store._integrity import ids_digest
+from expunge.store import Store, ids_digest
+from expunge.store.subjects import SUBJECT_HASH_BYTES
 
 #: prefix of the training-data blobs (one per non-empty bucket)
 DATA_BLOB_PREFIX = "data/train-"
@@ -57,7 +56,6 @@ def data_buckets(ids: np.ndarray) -> np.ndarray:
 
 
 #: bytes of one row's subject hash (HMAC-SHA256)
-SUBJECT_HASH_BYTES = 32
 
 
 def _bucket_names(ids: np.ndarray, dataset_fingerprint: str) -> list[tuple[int, np.ndarray, str]]:

@@ -20,6 +20,7 @@ request) before planning, so a request never commits on top of a state it did no
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -28,19 +29,20 @@ import math
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from expunge._imports import import_callable, is_import_string
 from expunge._progress import Progress
 from expunge._validation import Constraint, validate_params
-from expunge.data._dataset import IndexedDataset
-from expunge.data._transforms import Transform
+from expunge.data import IndexedDataset, Transform
 from expunge.exceptions import (
     AlreadyForgottenError,
     DatasetError,
@@ -74,7 +76,13 @@ from expunge.strategies._stored_data import (
     write_training_data,
 )
 
-Guarantee = Literal["exact", "approximate"]
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
+
+Guarantee = Literal["exact", "certified", "approximate"]
+#: what a strategy may promise: bit-for-bit retraining, a certified (epsilon, delta)
+#: bound, or an approximation measured by the evaluation
+GUARANTEES: tuple[str, ...] = ("exact", "certified", "approximate")
 #: 2: per-store key, keyed digests of every file in the state, state digests in the ledger,
 #: a chain that starts at the store's genesis (stores of format 1 are refused, not migrated)
 FORMAT_VERSION = 2
@@ -148,7 +156,18 @@ class ForgetReport:
 
 
 class FittedModel(ABC):
-    """The in-memory, immutable result of fitting: what predicts and what is fingerprinted."""
+    """The in-memory, immutable result of fitting: what predicts and what is fingerprinted.
+
+    Besides the abstract methods, every fitted model has the attributes below (defaults
+    here; a subclass sets them in its constructor) and :meth:`single_module`: the base
+    class, the evaluation and the benchmarks read them, never through ``getattr``.
+    """
+
+    #: forward+backward passes spent building this model (recorded by a fit's ledger entry)
+    sample_passes: int = 0
+    #: facts about how it was built (e.g. precompute seconds): the finite scalars among them
+    #: are recorded in the fit's ledger entry (:meth:`fit_details`)
+    info: Mapping[str, Any] = MappingProxyType({})
 
     @abstractmethod
     def state(self) -> dict[str, Any]:
@@ -166,9 +185,14 @@ class FittedModel(ABC):
     def predict_proba(self, X: torch.Tensor) -> torch.Tensor:
         """Class probabilities, shape ``(n, n_classes)``."""
 
+    def single_module(self) -> nn.Module | None:
+        """The network when the model is exactly one (Retrain, PUMA), else ``None``
+        (ensembles, density models): what the evaluation's parameter distance compares."""
+        return None
+
     def fit_details(self) -> dict[str, Any]:
         """Facts about the fit worth keeping in its ledger entry (e.g. precompute seconds)."""
-        info = getattr(self, "info", None) or {}
+        info = self.info
 
         def scalar(value: Any) -> bool:
             if isinstance(value, float):
@@ -255,11 +279,66 @@ class UnlearningStrategy(ABC):
         return [p.name for p in signature.parameters.values()
                 if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
+    @classmethod
+    def runtime_param_names(cls) -> frozenset[str]:
+        """Parameters that choose where and how visibly the work runs, never what is
+        computed: not recorded in the manifest, changeable on ``expunge.open`` and on a
+        fitted strategy (:meth:`set_params`). Declared once per class, in
+        ``_runtime_params`` (the base's ``store``, ``show_progress``; the exact engine adds
+        its executor parameters)."""
+        return cls._runtime_params
+
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments, as given."""
+        """Constructor arguments, as given (scikit-learn's ``get_params``)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def _recorded_params(self) -> dict[str, Any]:
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name and return ``self`` (scikit-learn semantics:
+        values are validated when :meth:`fit` runs).
+
+        A fitted strategy's committed state was computed with its recorded parameters, so
+        once fitted only runtime parameters other than ``store`` (``show_progress``, the
+        executor's) and request parameters (PUMA's ``eta``) may change; use :meth:`clone`
+        for a new, unfitted strategy with other parameters.
+
+        Raises:
+            InvalidParameterError: a name the constructor does not take, or a recorded
+                parameter (or ``store``) of a fitted strategy; nothing is set then.
+        """
+        names = self._param_names()
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise InvalidParameterError(
+                f"{type(self).__name__} has no parameter(s) {unknown}; its parameters are: "
+                f"{', '.join(names)}."
+            )
+        if self.is_fitted:
+            changeable = (self._runtime_params - {"store"}) | self._request_params
+            fixed = sorted(k for k, v in params.items() if k not in changeable
+                           and _jsonable_param(v) != _jsonable_param(getattr(self, k)))
+            if fixed:
+                raise InvalidParameterError(
+                    f"{type(self).__name__} is fitted, and its state was computed with "
+                    f"{', '.join(f'{k}={getattr(self, k)!r}' for k in fixed)}: these cannot "
+                    "change now. Use strategy.clone().set_params(...) for a new strategy to "
+                    f"fit; a fitted one may change {', '.join(sorted(changeable))}."
+                )
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def clone(self) -> Self:
+        """A new, unfitted strategy with the same parameters (scikit-learn's ``clone``):
+        parameter values are deep-copied (functions and classes are shared), nothing fitted,
+        no store handle, data or cache is carried over. The clone has the same ``store``
+        parameter: set another one (``clone().set_params(store=...)``) before fitting it
+        alongside the original."""
+        params = {k: v if callable(v) else copy.deepcopy(v) for k, v in self.get_params().items()}
+        return type(self)(**params)
+
+    def recorded_params(self) -> dict[str, Any]:
+        """The parameters as the store's manifest records them (JSON; runtime parameters
+        left out, callables by qualified name, arrays by digest)."""
         return {k: _jsonable_param(v) for k, v in self.get_params().items()
                 if k not in self._runtime_params}
 
@@ -364,7 +443,7 @@ class UnlearningStrategy(ABC):
                 ring.signing_key()  # a bad key fails now, before anything is trained
                 subject_hashes = None
                 if dataset.subjects is not None:
-                    from expunge.operations.subjects import hash_subjects
+                    from expunge.store.subjects import hash_subjects
 
                     subject_hashes = hash_subjects(dataset.subjects, store)
                 data_blobs = self._write_data(store, dataset, positions, subject_hashes)
@@ -396,7 +475,7 @@ class UnlearningStrategy(ABC):
         return self
 
     def _fit_passes(self, fitted: FittedModel) -> int:
-        return int(getattr(fitted, "sample_passes", 0))
+        return int(fitted.sample_passes)
 
     def _check_dataset(self, dataset: IndexedDataset) -> None:
         """Strategy-specific checks of the training data; override to refuse."""
@@ -420,7 +499,7 @@ class UnlearningStrategy(ABC):
 
     def _prepare_store(self, store: Store, dataset: IndexedDataset) -> None:
         """Write the manifest, or check the existing one (see :func:`prepare_manifest`)."""
-        prepare_manifest(store, self.name, type(self).__name__, self._recorded_params(),
+        prepare_manifest(store, self.name, type(self).__name__, self.recorded_params(),
                          dataset, FORMAT_VERSION)
 
     @staticmethod
@@ -564,8 +643,8 @@ class UnlearningStrategy(ABC):
             InvalidRequestError: ``subject`` is not a non-empty string or an int.
         """
         self._require_fitted("forget_subject")
-        from expunge.operations.receipts import new_nonce, subject_commitment
-        from expunge.operations.subjects import normalise_subject
+        from expunge.store.receipts import new_nonce, subject_commitment
+        from expunge.store.subjects import normalise_subject
 
         key = normalise_subject(subject)
         subject_hash = self.subject_hash(key)
@@ -583,7 +662,7 @@ class UnlearningStrategy(ABC):
 
         Only whoever holds the store's secret can compute it: that is how an operator checks
         which subject a ledger entry concerns, without the entry revealing it."""
-        from expunge.operations.subjects import normalise_subject, subject_digest
+        from expunge.store.subjects import normalise_subject, subject_digest
 
         self._require_fitted("subject_hash")
         return subject_digest(self.store_, normalise_subject(subject))
@@ -594,7 +673,7 @@ class UnlearningStrategy(ABC):
         Raises :class:`UnknownSubjectError` when there are none, saying whether an earlier
         request forgot them.
         """
-        from expunge.operations.subjects import rows_of
+        from expunge.store.subjects import rows_of
 
         self._require_fitted("subject_ids")
         hashes = self._subject_hashes
@@ -773,7 +852,7 @@ class UnlearningStrategy(ABC):
 
     # ------------------------------------------------------------ operations
     def _keyring_for(self, store: Store) -> Any:
-        from expunge.operations._keys import keyring
+        from expunge.store.keys import keyring
 
         ring = keyring(store)
         path = getattr(self, "_signing_key_path", None)
@@ -792,19 +871,19 @@ class UnlearningStrategy(ABC):
     @property
     def public_key(self) -> bytes:
         """The PEM public key that verifies this store's receipts (give it to auditors)."""
-        from expunge.operations._keys import public_pem
+        from expunge.store.keys import public_pem
 
         self._require_fitted("public_key")
         return public_pem(self._keyring_for(self.store_).signing_key().public_key())
 
     def _issue_receipt(self, entry: LedgerEntry) -> dict[str, Any]:
-        from expunge.operations.receipts import ReceiptBook
+        from expunge.store.receipts import ReceiptBook
 
         return ReceiptBook(self.store_).issue(entry, self._keyring_for(self.store_).signing_key())
 
     def receipt(self, seq: int) -> dict[str, Any]:
         """The signed receipt of ledger entry ``seq`` (issued again if it was never stored)."""
-        from expunge.operations.receipts import ReceiptBook
+        from expunge.store.receipts import ReceiptBook
 
         self._require_fitted("receipt")
         if not 1 <= int(seq) <= len(self.ledger):
@@ -823,7 +902,7 @@ class UnlearningStrategy(ABC):
         entries that would be purged. Nothing is trained, written or recorded. Invalid
         requests raise what ``forget`` would raise.
         """
-        from expunge.operations.preview import preview_forget
+        from expunge.strategies.preview import preview_forget
 
         self._require_fitted("preview")
         if (ids is None) == (subject is None):
@@ -856,7 +935,7 @@ class UnlearningStrategy(ABC):
 
         Cost: the chosen sub-models' full training (``"all"`` costs about one ``fit``).
         """
-        from expunge.operations.audit import audit_strategy
+        from expunge.strategies.audit import audit_strategy
 
         self._require_fitted("audit")
         return audit_strategy(self, submodels, seed=seed)

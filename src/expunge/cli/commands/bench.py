@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from expunge.bench import available_experiments, run_all
-from expunge.bench._runner import render_folder
-from expunge.bench._spec import spec_dir
+from expunge.bench import available_experiments, render_folder, run_all, spec_dir
 from expunge.cli._common import console
 
 NAME = "bench"
@@ -16,7 +14,7 @@ HELP = "run benchmark experiments (E1-E7, A1-A7, ...) and write JSON, tables and
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT",
-                        help="experiment names (spec files in benchmarks/specs) or 'all'")
+                        help="experiment names (shipped specs, or --specs) or 'all'")
     parser.add_argument("--quick", action="store_true",
                         help="tiny settings on digits: every experiment in a few minutes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")

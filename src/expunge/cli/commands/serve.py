@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     require_service_extra()
     import uvicorn
 
-    from expunge.service._tokens import read_tokens
+    from expunge.service import read_tokens
     from expunge.service.app import create_app
 
     out = console(args)

@@ -1,6 +1,6 @@
 """``expunge tune``: choose an approximate baseline's defaults against Retrain.
 
-Runs the tuning protocol of ``benchmarks/specs/tune_baselines.toml`` (or ``--spec``) for
+Runs the tuning protocol of ``the shipped tune_baselines.toml`` (or ``--spec``) for
 the named strategies: a grid per strategy, scored on a tuning problem that shares no data,
 seed or class with the evaluation (``docs/baselines.md``, "Tuning"), and prints the chosen
 parameters next to the current defaults. The JSON with every grid point goes to ``--out``.
@@ -14,8 +14,7 @@ import inspect
 from pathlib import Path
 
 import expunge
-from expunge.bench._runner import run_experiment
-from expunge.bench._spec import load_spec, spec_dir
+from expunge.bench import load_spec, run_experiment, spec_dir
 from expunge.cli._common import console
 from expunge.exceptions import InvalidParameterError
 
@@ -27,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("strategies", nargs="*", metavar="STRATEGY",
                         help="strategies to tune (default: every grid in the spec)")
     parser.add_argument("--spec", default=None,
-                        help="tuning spec (default: benchmarks/specs/tune_baselines.toml)")
+                        help="tuning spec (default: the shipped tune_baselines.toml)")
     parser.add_argument("--quick", action="store_true", help="the spec's tiny digits version")
     parser.add_argument("--out", required=True, help="folder for the JSON and the plot")
     parser.add_argument("--data-root", default="../shared/datasets",

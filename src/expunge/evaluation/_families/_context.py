@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from expunge._progress import Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._features import FEATURES
 from expunge.evaluation._metrics import MembershipMetrics
 from expunge.evaluation._reference import ModelView, Reference

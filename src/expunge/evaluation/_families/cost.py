@@ -84,8 +84,7 @@ def cost_rows(ctx: RunContext) -> None:
         # the fitted model's info (PUMA keeps it there, carried across requests)
         precompute = fit_entry.details.get("precompute_seconds")
         if precompute is None:
-            precompute = (getattr(strategy.fitted_, "info", None) or {}).get(
-                "precompute_seconds")
+            precompute = strategy.fitted_.info.get("precompute_seconds")
         if precompute is not None or strategy.guarantee != "exact":
             ctx.rows.append(MetricRow("cost.precompute_seconds", SECTION,
                                       "precompute seconds (at fit)",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from expunge._hashing import derive_key, keyed_order
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._families._context import MIA, RunContext
 from expunge.evaluation._features import FEATURES, confidence
 from expunge.evaluation.attacks import logistic_loss_attack, svc_mia_efficacy, threshold_attack

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from expunge._hashing import derive_key
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._families._context import GOOD_TPR01, GOOD_TPR1, MIA, RunContext
 from expunge.evaluation._families.membership import subsample
 from expunge.evaluation._features import logit_scaled_confidence

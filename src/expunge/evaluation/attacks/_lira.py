@@ -41,7 +41,7 @@ import numpy as np
 
 from expunge._hashing import derive_key, keyed_hash
 from expunge._progress import NO_PROGRESS, Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.evaluation._features import logit_scaled_confidence
 from expunge.exceptions import InvalidParameterError
 from expunge.strategies.base import UnlearningStrategy

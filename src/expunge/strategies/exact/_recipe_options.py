@@ -36,7 +36,7 @@ from torch import nn
 from expunge._imports import import_callable, is_import_string
 from expunge._progress import Progress
 from expunge._validation import Check, Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, NondeterminismWarning, UnknownModelError
 from expunge.export import CHUNK, ExportedClassifier, chunked_softmax
 from expunge.recipe import (
@@ -231,7 +231,8 @@ class RecipeStrategy(ShardedStrategy):
     # ---------------------------------------------------------------- export
     def _export_module(self) -> ExportedClassifier:
         fitted = self.fitted_
-        submodels = getattr(fitted, "submodels", [])
+        assert isinstance(fitted, ShardedModel)
+        submodels = fitted.submodels
         active = [s for s in submodels if s.n_trained > 0] or list(submodels)
         members = [copy.deepcopy(s.module).eval() for s in active]
         module = ExportedClassifier(members, str(getattr(self, "aggregation", "mean")),

@@ -9,13 +9,15 @@ of :mod:`~expunge.strategies.exact.sharded` gives exactness and reuse for free.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -25,9 +27,9 @@ from torch import nn
 from expunge._hashing import derive_key, keyed_hash
 from expunge._progress import Progress
 from expunge._validation import Check, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError
-from expunge.models import ModelSpec, build_model, seeded_init
+from expunge.models import ModelSpec
 from expunge.store import Store
 from expunge.strategies.base import FittedModel, ForgetStats
 from expunge.strategies.exact._arcane_model import ARCANEModel
@@ -40,7 +42,6 @@ from expunge.strategies.exact._class_state import (
     selection_features,
     write_state,
 )
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.exact._features import KINDS, FeatureMap, resolve_kind
 from expunge.strategies.exact._one_class import (
     EMPTY_SCORE,
@@ -168,7 +169,7 @@ class ARCANE(ShardedStrategy):
     name = "arcane"
     summary = "exact: one one-class sub-model per class on selected data, in checkpointed blocks"
     _parameter_constraints = {
-        **TRAINING_CONSTRAINTS,
+        **ShardedStrategy._parameter_constraints,
         "learner": [Options(("gaussian", "svdd"))],
         "selection": [bool],
         "n_selected": [None, Interval(int, 1, None)],
@@ -255,11 +256,16 @@ class ARCANE(ShardedStrategy):
         self.ray_address = ray_address
         self.threads_per_job = threads_per_job
 
+    #: the class states (features, selections) of the request being built, on that build's
+    #: own copy of the strategy (see :meth:`_build`), never on the live one: the block hooks
+    #: trained in this process read features from them instead of computing them again
+    _states: Mapping[int, ClassState] = MappingProxyType({})
+
     def __getstate__(self) -> dict[str, Any]:
-        # the states of a build in progress hold every sample's features: never pickled
-        # (executor workers compute the features of their rows, the same bits)
+        # a build's states hold every sample's features: never pickled (executor workers
+        # compute the features of their rows, the same bits)
         state = dict(self.__dict__)
-        state.pop("_building", None)
+        state.pop("_states", None)
         return state
 
     # ------------------------------------------------------------ parameters
@@ -479,7 +485,7 @@ class ARCANE(ShardedStrategy):
     def _density_of(self, k: int, data: IndexedDataset) -> torch.Tensor:
         """The model features of ``data``'s rows (class ``k``), from the build's states when
         they hold them, else computed (executor workers): the same bits either way."""
-        state = self.__dict__.get("_building", {}).get(k)
+        state = self._states.get(k)
         if state is not None and state.density is not None and state.ids is not None:
             rows = state.rows(data.ids)
             if rows.size == 0 or (rows.max() < len(state.ids) and
@@ -492,7 +498,11 @@ class ARCANE(ShardedStrategy):
 
     # ----------------------------------------------------------------- plans
     def _plans(self, data: IndexedDataset) -> list[BlockPlan]:
-        states = self.__dict__.get("_building") or self._class_states(data, None, None)[0]
+        return self._plans_for(data, self._class_states(data, None, None)[0])
+
+    def _plans_for(self, data: IndexedDataset, states: Mapping[int, ClassState]
+                   ) -> list[BlockPlan]:
+        """The block plans of ``data`` given its class states (selections)."""
         n_blocks = int(self.n_blocks)
         cumulative = self.blocks_mode == "cumulative"
         if self.learner == "gaussian":
@@ -527,10 +537,9 @@ class ARCANE(ShardedStrategy):
     def _new_module(self, submodel: int, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         if self.learner == "gaussian":
             return GaussianDensity(self.feature_map(input_shape), tuple(input_shape))
-        seed = derive_key(self.seed, "init", submodel) >> 1
-        net = seeded_init(seed, lambda: build_model(self.model, input_shape, int(self.rep_dim),
-                                                    self.model_params))
-        return SVDDHead(net, int(self.rep_dim))
+        # the recipe's seeded network with rep_dim outputs: (seed, class) decide its init
+        return SVDDHead(self.initial_network(input_shape, int(self.rep_dim), submodel),
+                        int(self.rep_dim))
 
     def _make_optimizer(self, module: nn.Module) -> torch.optim.Optimizer | None:
         if isinstance(module, GaussianDensity):
@@ -606,11 +615,10 @@ class ARCANE(ShardedStrategy):
         started = time.perf_counter()
         states, log, resumed_at = self._class_states(data, store, previous)
         prepared = time.perf_counter() - started
-        self.__dict__["_building"] = states
-        try:
-            model, stats = super()._build(data, store, progress, previous)
-        finally:
-            self.__dict__.pop("_building", None)
+        hooks = copy.copy(self)  # this build's copy: the live strategy is never changed
+        hooks._states = states
+        model, stats = self._train_build(data, store, progress, previous,
+                                         self._plans_for(data, states), hooks)
         key = self._state_key(data.input_shape)
         committed = {k: state if log[k] == "unchanged" else write_state(store, key, k, state)
                      for k, state in states.items()}

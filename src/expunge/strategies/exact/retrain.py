@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.exact._recipe_options import RECIPE_OPTION_CONSTRAINTS, RecipeStrategy
-from expunge.strategies.exact.sharded import BlockPlan
+from expunge.strategies.exact.sharded import BlockPlan, ShardedStrategy
 from expunge.strategies.registry import register_strategy
 
 
@@ -61,7 +60,8 @@ class Retrain(RecipeStrategy):
 
     name = "retrain"
     summary = "exact: retrain one model from scratch on the retained data (the reference)"
-    _parameter_constraints = {**TRAINING_CONSTRAINTS, **RECIPE_OPTION_CONSTRAINTS}
+    _parameter_constraints = {**ShardedStrategy._parameter_constraints,
+                              **RECIPE_OPTION_CONSTRAINTS}
 
     def __init__(
         self,

@@ -11,12 +11,11 @@ import torch
 
 from expunge._hashing import derive_key, keyed_uniform
 from expunge._validation import Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError
 from expunge.models import ModelSpec
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.exact._recipe_options import RECIPE_OPTION_CONSTRAINTS, RecipeStrategy
-from expunge.strategies.exact.sharded import BlockPlan, Submodel
+from expunge.strategies.exact.sharded import BlockPlan, ShardedStrategy, Submodel
 from expunge.strategies.registry import register_strategy
 from expunge.training import epoch_schedule
 
@@ -74,7 +73,7 @@ class SISA(RecipeStrategy):
     name = "sisa"
     summary = "exact: S isolated shard models trained on R checkpointed slices, aggregated"
     _parameter_constraints = {
-        **TRAINING_CONSTRAINTS,
+        **ShardedStrategy._parameter_constraints,
         **RECIPE_OPTION_CONSTRAINTS,
         "n_shards": [Interval(int, 1, None)],
         "n_slices": [Interval(int, 1, None)],

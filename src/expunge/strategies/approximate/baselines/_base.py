@@ -29,7 +29,7 @@ import hashlib
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,18 +41,18 @@ from torch import nn
 from expunge._hashing import derive_key, keyed_order, sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
-from expunge.executors import pinned_threads
-from expunge.models import build_model, seeded_init
+from expunge.data import IndexedDataset
 from expunge.store import Store
+from expunge.strategies._params import COMMON_CONSTRAINTS
+from expunge.strategies._recipe import RECIPE_CONSTRAINTS as TRAINING_RECIPE
+from expunge.strategies._recipe import TrainingRecipe
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
-from expunge.strategies.exact._common import EXECUTOR_PARAMS, TRAINING_CONSTRAINTS
 from expunge.training import (
     EpochKey,
-    TrainConfig,
     batched_forward,
     cross_entropy_loss,
     make_optimizer,
+    pinned_threads,
     train_epochs,
 )
 
@@ -63,8 +63,8 @@ THREADS = 1
 
 #: the training recipe shared with Retrain, plus the seed of the requests' randomness
 RECIPE_CONSTRAINTS: dict[str, list[Constraint]] = {
-    **{k: v for k, v in TRAINING_CONSTRAINTS.items()
-       if k not in EXECUTOR_PARAMS | {"threads_per_job"}},
+    **TRAINING_RECIPE,
+    **COMMON_CONSTRAINTS,
     "unlearn_seed": [None, Interval(int, 0, 2**63 - 1)],
 }
 
@@ -97,13 +97,16 @@ class PatchModel(FittedModel):
 
     def __init__(self, module: nn.Module, *, extra: dict[str, Any] | None = None,
                  caches: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]] | None = None,
-                 sample_passes: int = 0, info: dict[str, Any] | None = None) -> None:
+                 sample_passes: int = 0, info: Mapping[str, Any] | None = None) -> None:
         self.module = module.eval()
         self.extra = dict(extra or {})
         self.caches = dict(caches or {})
         self.sample_passes = sample_passes
         self.info = dict(info or {})
         self._fingerprint = module_fingerprint(self.module)
+
+    def single_module(self) -> nn.Module:
+        return self.module
 
     @property
     def model_blob(self) -> str:
@@ -243,7 +246,7 @@ def descend(
 
 
 # ============================================================================ strategy
-class PatchStrategy(UnlearningStrategy):
+class PatchStrategy(TrainingRecipe, UnlearningStrategy):
     """Base of the baselines: fit as Retrain does, forget by patching a copy of the module.
 
     A subclass sets ``name``, ``summary``, ``_parameter_constraints``, its constructor
@@ -266,15 +269,7 @@ class PatchStrategy(UnlearningStrategy):
     #: harness reuses one set of reference/shadow models for all such strategies)
     fits_like_retrain: ClassVar[bool] = True
 
-    model: Any
-    model_params: dict[str, Any] | None
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    momentum: float
-    weight_decay: float
-    seed: int
+    # the recipe's attributes (model ... seed) are declared by TrainingRecipe
     unlearn_seed: int | None
     store: str | Path | None
     show_progress: bool
@@ -302,17 +297,8 @@ class PatchStrategy(UnlearningStrategy):
         return {"model": "logreg", "epochs": 2, "batch_size": 16, "lr": 0.1, "momentum": 0.9}
 
     # ------------------------------------------------------------------ fit
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=float(self.lr),
-            optimizer=self.optimizer,  # type: ignore[arg-type]  # validated by constraints
-            momentum=float(self.momentum), weight_decay=float(self.weight_decay),
-        )
-
     def _new_module(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-        seed = derive_key(int(self.seed), "init", 0) >> 1  # Retrain's sub-model 0
-        return seeded_init(seed, lambda: build_model(self.model, input_shape, n_classes,
-                                                     self.model_params))
+        return self.initial_network(input_shape, n_classes)  # Retrain's sub-model 0
 
     def _train(self, data: IndexedDataset, progress: Progress) -> nn.Module:
         """The recipe's training run: Retrain's single sub-model, bit for bit."""

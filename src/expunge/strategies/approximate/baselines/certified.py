@@ -13,7 +13,7 @@ from torch import nn
 from expunge._hashing import derive_key
 from expunge._progress import Progress
 from expunge._validation import Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidRequestError, UnsupportedModelError
 from expunge.models import ModelSpec
 from expunge.strategies.approximate.baselines._base import (
@@ -150,7 +150,7 @@ class CertifiedRemoval(PatchStrategy):
     epsilon: float
     delta: float
     on_budget: str
-    guarantee = "certified"  # type: ignore[assignment]  # base.Guarantee lacks "certified"
+    guarantee = "certified"
     summary = ("certified: Newton removal with loss perturbation on the convex head "
                "(Guo et al.); (epsilon, delta) in the ledger")
     fits_like_retrain = False

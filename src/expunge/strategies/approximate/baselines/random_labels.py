@@ -11,7 +11,7 @@ import torch
 
 from expunge._hashing import derive_key, keyed_hash
 from expunge._validation import Constraint
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
 from expunge.strategies.approximate.baselines._base import (
     GRADIENT_CONSTRAINTS,

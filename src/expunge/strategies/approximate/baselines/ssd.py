@@ -11,7 +11,7 @@ from torch import nn
 from expunge._hashing import sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
 from expunge.strategies.approximate.baselines._base import (
     RECIPE_CONSTRAINTS,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ class PumaModel(FittedModel):
 
     def __init__(self, module: nn.Module, val_ids: np.ndarray, *,
                  removed_classes: tuple[int, ...] = (), cache: PumaCache | None = None,
-                 sample_passes: int = 0, info: dict[str, Any] | None = None) -> None:
+                 sample_passes: int = 0, info: Mapping[str, Any] | None = None) -> None:
         self.module = module.eval()
         self.val_ids = np.sort(np.asarray(val_ids, dtype=np.int64))
         self.removed_classes = tuple(sorted(int(c) for c in removed_classes))
@@ -43,6 +43,9 @@ class PumaModel(FittedModel):
         self._fingerprint = module_fingerprint(self.module)
         #: harmfulness scores computed on demand at these parameters (never stored)
         self.scores: tuple[np.ndarray, np.ndarray] | None = None
+
+    def single_module(self) -> nn.Module:
+        return self.module
 
     @property
     def model_blob(self) -> str:

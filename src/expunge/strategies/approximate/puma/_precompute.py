@@ -17,7 +17,7 @@ from torch import nn
 
 from expunge._hashing import derive_key, keyed_order
 from expunge._progress import NO_PROGRESS, Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError
 from expunge.strategies.approximate.curvature import (
     KFACInverse,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from expunge._progress import Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidRequestError
 from expunge.strategies._stored_data import data_buckets
 from expunge.strategies.approximate.curvature import SolveResult

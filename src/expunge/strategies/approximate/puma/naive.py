@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from expunge._validation import Constraint
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.models import ModelSpec
 from expunge.strategies.approximate.puma.strategy import CURVATURE_CONSTRAINTS, PUMA
 from expunge.strategies.registry import register_strategy

@@ -18,22 +18,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from expunge._hashing import derive_key
 from expunge._progress import Progress
 from expunge._validation import Check, Constraint, Interval, Options
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, InvalidRequestError
-from expunge.executors import pinned_threads
-from expunge.models import ModelSpec, build_model, seeded_init
+from expunge.models import ModelSpec
 from expunge.store import Store
+from expunge.strategies._params import COMMON_CONSTRAINTS
+from expunge.strategies._recipe import RECIPE_CONSTRAINTS, TrainingRecipe
 from expunge.strategies.approximate.puma import _request
 from expunge.strategies.approximate.puma._cache import VALIDATION_KEY, keyed_subset
 from expunge.strategies.approximate.puma._model import PumaModel, module_fingerprint
 from expunge.strategies.approximate.puma._precompute import Linearisation, build_cache
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
-from expunge.strategies.exact._common import TRAINING_CONSTRAINTS
 from expunge.strategies.registry import register_strategy
-from expunge.training import EpochKey, TrainConfig, make_optimizer, train_epochs
+from expunge.training import EpochKey, make_optimizer, pinned_threads, train_epochs
 
 #: torch intra-op threads for training (the exact strategies' default ``threads_per_job``)
 TRAIN_THREADS = 1
@@ -66,8 +65,7 @@ def _is_dataset_record(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"dataset_fingerprint"}
 
 
-_TRAINING = {k: v for k, v in TRAINING_CONSTRAINTS.items()
-             if k not in ("executor", "n_jobs", "ray_address", "threads_per_job")}
+_TRAINING = {**RECIPE_CONSTRAINTS, **COMMON_CONSTRAINTS}
 
 CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
     **_TRAINING,
@@ -100,7 +98,7 @@ DENSE_LIMIT = 8192
 
 
 @register_strategy
-class PUMA(UnlearningStrategy):
+class PUMA(TrainingRecipe, UnlearningStrategy):
     """PUMA: remove samples with an influence patch of the whole network, re-weighting a few
     retained samples so that a performance criterion stays unchanged (Wu, Hashemi &
     Srinivasa, AAAI 2022; ALGORITHMS.md section 1, a reconstruction: the paper's full text
@@ -304,8 +302,8 @@ class PUMA(UnlearningStrategy):
                 "needs an exact solver: solver='cholesky', 'cg' or 'lissa'."
             )
 
-    def _recorded_params(self) -> dict[str, Any]:
-        params = super()._recorded_params()
+    def recorded_params(self) -> dict[str, Any]:
+        params = super().recorded_params()
         if isinstance(self.validation, IndexedDataset):
             params["validation"] = {"dataset_fingerprint": self.validation.fingerprint()}
         return params
@@ -438,16 +436,8 @@ class PUMA(UnlearningStrategy):
     def _architecture(self, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
         if isinstance(self.model, nn.Module):
             return copy.deepcopy(self.model)
-        seed = derive_key(int(self.seed), "init", 0) >> 1
-        return seeded_init(seed, lambda: build_model(self.model, input_shape, n_classes,
-                                                     self.model_params))
-
-    def _train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=float(self.lr),
-            optimizer=self.optimizer,  # type: ignore[arg-type]  # validated by constraints
-            momentum=float(self.momentum), weight_decay=float(self.weight_decay),
-        )
+        # the recipe's seeded network: the same bits as Retrain's (sub-model 0)
+        return self.initial_network(input_shape, n_classes)
 
     # ------------------------------------------------------------ from_model
     @classmethod
@@ -499,7 +489,7 @@ class PUMA(UnlearningStrategy):
         started = time.perf_counter()
         passes = 0
         if not self._pretrained:
-            config = self._train_config()
+            config = self.train_config()
             optimizer = make_optimizer(module, config)
             keys = [EpochKey(int(self.seed), 0, 0, e) for e in range(self.epochs)]
             task = progress.task(f"{type(self).__name__}: training", self.epochs)

@@ -14,8 +14,6 @@ through the functions here, so that a refactor of the engine touches this file o
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,26 +22,24 @@ import torch
 from torch import nn
 
 from expunge._progress import NO_PROGRESS, Progress
-from expunge.data._dataset import IndexedDataset
+from expunge.data import IndexedDataset
 from expunge.store import MemoryStore, Store
 from expunge.strategies.base import ForgetStats, UnlearningStrategy
 from expunge.strategies.exact.sharded import (
     BlockPlan,
+    BuildPlan,
     ShardedStrategy,
     Submodel,
+    Trained,
     chain_keys,
-    checkpoint_blob,
+    train_submodel,
 )
+from expunge.training import pinned_threads
 
 
 def is_exact_engine(strategy: UnlearningStrategy) -> bool:
     """Whether ``strategy`` runs on the exact block engine (Retrain, SISA, ARCANE)."""
     return isinstance(strategy, ShardedStrategy) and strategy.guarantee == "exact"
-
-
-def block_passes(plan: BlockPlan, start: int) -> int:
-    """Sample-passes of training blocks ``start..`` of ``plan`` (as ``_train_blocks`` counts)."""
-    return sum(len(plan.training_ids(b)) * plan.epochs[b] for b in range(start, plan.n_blocks))
 
 
 class _RecordingStore:
@@ -95,13 +91,12 @@ def dry_forget(strategy: UnlearningStrategy, request: np.ndarray,
     clone = isolated_copy(strategy)
     assert isinstance(clone, ShardedStrategy)
 
-    def count_only(todo: list[int], plans: list[BlockPlan], all_keys: list[list[str]],
-                   starts: list[int], data: IndexedDataset, store: Any, progress: Progress,
-                   task: int | None) -> dict[int, tuple[Submodel, int]]:
-        return {k: (Submodel(k, all_keys[k], nn.Identity(), {}, len(plans[k].all_ids())),
-                    block_passes(plans[k], starts[k])) for k in todo}
+    def count_only(hooks: Any, build: BuildPlan, data: IndexedDataset, store: Any,
+                   progress: Progress, task: int | None) -> Trained:
+        return Trained({k: Submodel(k, build.keys[k], nn.Identity(), {},
+                                    len(build.plans[k].all_ids())) for k in build.todo})
 
-    clone._train_submodels = count_only  # type: ignore[method-assign]
+    clone._train = count_only  # type: ignore[method-assign]
     recording = _RecordingStore(strategy.store_)
     model, stats = clone._forget(strategy.fitted_, request, retained,
                                  recording, NO_PROGRESS)  # type: ignore[arg-type]
@@ -111,10 +106,7 @@ def dry_forget(strategy: UnlearningStrategy, request: np.ndarray,
 # ------------------------------------------------------------------------- replay
 def fresh_instance(strategy: ShardedStrategy) -> ShardedStrategy:
     """A new, unfitted strategy with the recorded parameters and no cached state."""
-    params = {**strategy.get_params(), "store": None, "show_progress": False,
-              "executor": "serial"}
-    known = set(type(strategy)._param_names())
-    return type(strategy)(**{k: v for k, v in params.items() if k in known})
+    return strategy.clone().set_params(store=None, show_progress=False, executor="serial")
 
 
 def replay_plans(fresh: ShardedStrategy, data: IndexedDataset) -> tuple[list[BlockPlan],
@@ -125,27 +117,15 @@ def replay_plans(fresh: ShardedStrategy, data: IndexedDataset) -> tuple[list[Blo
     return plans, [chain_keys(context, k, plan) for k, plan in enumerate(plans)]
 
 
-@contextmanager
-def _pinned(fresh: ShardedStrategy) -> Iterator[None]:
-    from expunge.executors import pinned_threads
-
-    with pinned_threads(fresh._threads_per_job()):
-        yield
-
-
 def replay_submodel(fresh: ShardedStrategy, k: int, plan: BlockPlan, keys: list[str],
                     data: IndexedDataset, progress: Progress, task: int | None
                     ) -> tuple[MemoryStore, int]:
     """Train sub-model ``k`` from its initialisation; its checkpoints land in a new
     :class:`MemoryStore` (returned, with the sample-passes spent)."""
     scratch = MemoryStore()
-    with _pinned(fresh):
-        _, passes = fresh._train_submodel(k, plan, keys, 0, data, scratch, progress, task)
-    return scratch, passes
-
-
-def checkpoint_names(k: int, keys: list[str]) -> list[str]:
-    return [checkpoint_blob(k, b, key) for b, key in enumerate(keys)]
+    with pinned_threads(int(fresh.threads_per_job)):
+        train_submodel(fresh, k, plan, keys, 0, data, scratch, progress, task)
+    return scratch, plan.passes(0)
 
 
 def committed_keys(state: dict[str, Any]) -> list[list[str]]:

@@ -10,7 +10,7 @@ forge receipts. Key files given by the operator must not be readable by group or
 the store.
 
 (Subject hashes use the store's own secret, ``secret.key``, through
-:meth:`expunge.store.Store.keyed_digest`: see :mod:`expunge.operations.subjects`.)
+:meth:`expunge.store.Store.keyed_digest`: see :mod:`expunge.store.subjects`.)
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from expunge.exceptions import InvalidParameterError, StoreError
-from expunge.store import DirectoryStore, Store
 from expunge.store._atomic import atomic_write
+from expunge.store._directory import DirectoryStore
+from expunge.store._store import Store
 
 KEYS_DIR = "keys"
 SIGNING_KEY_FILE = "receipt-signing-key.pem"

@@ -1,0 +1,81 @@
+"""A blob's bytes: safetensors encoding and decoding, and reading and writing one file.
+
+Shared by the store directory (:class:`~expunge.store.DirectoryStore`) and the workers'
+blob-only view (:class:`~expunge.store.WorkerDirectoryStore`), so both write the same bytes
+atomically and refuse the same damaged files. Loading never executes code (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from expunge.exceptions import StoreError, StoreIntegrityError
+from expunge.store._atomic import atomic_write_bytes
+from expunge.store._fs import os_errors
+
+Tensors = dict[str, torch.Tensor]
+Metadata = dict[str, str]
+
+
+def prepare(tensors: Tensors) -> Tensors:
+    """Detached, contiguous CPU copies: what is stored never aliases live training state."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def encode(tensors: Tensors, metadata: Metadata | None = None) -> bytes:
+    """The safetensors bytes of ``tensors`` with string ``metadata``."""
+    return save_safetensors(prepare(tensors), metadata=dict(metadata or {}))
+
+
+def _metadata(data: bytes, where: str) -> Metadata:
+    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
+    try:
+        size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or size > len(data) - 8:
+            raise ValueError("the header is truncated")
+        header = json.loads(data[8:8 + size])
+        metadata = header.get("__metadata__") or {}
+        return {str(k): str(v) for k, v in dict(metadata).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise StoreIntegrityError(
+            f"{where} is not a readable safetensors file ({err}): it is truncated or corrupted."
+        ) from None
+
+
+def decode(data: bytes, where: str) -> tuple[Tensors, Metadata]:
+    """Tensors and metadata of safetensors ``data`` (read from ``where``, for messages)."""
+    metadata = _metadata(data, where)
+    try:
+        tensors = load_safetensors(data)
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise StoreIntegrityError(
+            f"{where} is not a readable safetensors file ({err}): it is truncated or corrupted."
+        ) from None
+    return tensors, metadata
+
+
+def read_file(path: Path, name: str, root: Path, *, committed: bool) -> bytes:
+    """The bytes of blob ``name`` at ``path`` (a missing committed blob is an integrity error)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        error = StoreIntegrityError if committed else StoreError
+        raise error(
+            f"The store {str(root)!r} is missing {path} ({name}); it was deleted "
+            "outside expunge. Restore it from a backup, or refit into a new store."
+        ) from None
+    except OSError as err:
+        with os_errors("read", path):
+            raise err
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+    with os_errors("write", path):
+        atomic_write_bytes(path, data)
