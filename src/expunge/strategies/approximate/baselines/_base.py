@@ -25,7 +25,6 @@ sorted request ids: the same request on the same model gives the same bits.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from abc import abstractmethod
@@ -42,6 +41,7 @@ from expunge._hashing import derive_key, keyed_order, sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, Interval, Options
 from expunge.data import IndexedDataset
+from expunge.models import module_fingerprint
 from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
 from expunge.strategies._recipe import RECIPE_CONSTRAINTS as TRAINING_RECIPE
@@ -76,14 +76,6 @@ GRADIENT_CONSTRAINTS: dict[str, list[Constraint]] = {
     "unlearn_schedule": [Options(("constant", "linear"))],
 }
 
-
-def module_fingerprint(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 # ============================================================================ the model

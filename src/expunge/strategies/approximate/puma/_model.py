@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -11,20 +10,11 @@ import torch
 from torch import nn
 
 from expunge._hashing import sha256_ids
+from expunge.models import module_fingerprint
 from expunge.store import Store
 from expunge.strategies.approximate.puma._cache import PumaCache
 from expunge.strategies.base import FittedModel
 from expunge.training import batched_forward
-
-
-def module_fingerprint(module: nn.Module) -> str:
-    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
 
 
 class PumaModel(FittedModel):

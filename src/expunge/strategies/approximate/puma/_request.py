@@ -20,10 +20,11 @@ import torch
 from expunge._progress import Progress
 from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidRequestError
+from expunge.models import module_fingerprint
 from expunge.strategies._stored_data import data_buckets
 from expunge.strategies.approximate.curvature import SolveResult
 from expunge.strategies.approximate.puma._cache import CANDIDATE_KEY, PumaCache, keyed_subset
-from expunge.strategies.approximate.puma._model import PumaModel, module_fingerprint
+from expunge.strategies.approximate.puma._model import PumaModel
 from expunge.strategies.approximate.puma._patch import patch_gradient, refine
 from expunge.strategies.approximate.puma._precompute import (
     Linearisation,

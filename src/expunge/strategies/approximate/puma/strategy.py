@@ -22,13 +22,13 @@ from expunge._progress import Progress
 from expunge._validation import Check, Constraint, Interval, Options
 from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidParameterError, InvalidRequestError
-from expunge.models import ModelSpec
+from expunge.models import ModelSpec, module_fingerprint
 from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
 from expunge.strategies._recipe import RECIPE_CONSTRAINTS, TrainingRecipe
 from expunge.strategies.approximate.puma import _request
 from expunge.strategies.approximate.puma._cache import VALIDATION_KEY, keyed_subset
-from expunge.strategies.approximate.puma._model import PumaModel, module_fingerprint
+from expunge.strategies.approximate.puma._model import PumaModel
 from expunge.strategies.approximate.puma._precompute import Linearisation, build_cache
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
 from expunge.strategies.registry import register_strategy
