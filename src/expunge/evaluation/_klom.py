@@ -50,10 +50,10 @@ def _histograms(values: np.ndarray, low: np.ndarray, width: np.ndarray, bins: in
     return counts / n_models
 
 
-def klom_scores(unlearned: np.ndarray, oracle: np.ndarray, *, bins: int = BINS,
-                eps: float = EPS, clip: float = CLIP) -> np.ndarray:
-    """Per-point KLoM: ``(n,)`` from margins of ``(N, n)`` unlearned and ``(M, n)`` oracle
-    models (``N, M >= 1``; the paper uses 100 each)."""
+def _clipped_margins(unlearned: np.ndarray, oracle: np.ndarray, clip: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides' margins as float64, clipped to ``[-clip, clip]``, checked to be
+    ``(N, n)`` and ``(M, n)`` for the same ``n`` points."""
     unlearned = np.clip(np.asarray(unlearned, np.float64), -clip, clip)
     oracle = np.clip(np.asarray(oracle, np.float64), -clip, clip)
     if unlearned.ndim != 2 or oracle.ndim != 2 or unlearned.shape[1] != oracle.shape[1]:
@@ -61,6 +61,14 @@ def klom_scores(unlearned: np.ndarray, oracle: np.ndarray, *, bins: int = BINS,
             f"KLoM needs (N, n) and (M, n) margins for the same n points; got "
             f"{unlearned.shape} and {oracle.shape}."
         )
+    return unlearned, oracle
+
+
+def klom_scores(unlearned: np.ndarray, oracle: np.ndarray, *, bins: int = BINS,
+                eps: float = EPS, clip: float = CLIP) -> np.ndarray:
+    """Per-point KLoM: ``(n,)`` from margins of ``(N, n)`` unlearned and ``(M, n)`` oracle
+    models (``N, M >= 1``; the paper uses 100 each)."""
+    unlearned, oracle = _clipped_margins(unlearned, oracle, clip)
     low = np.minimum(unlearned.min(axis=0), oracle.min(axis=0))
     high = np.maximum(unlearned.max(axis=0), oracle.max(axis=0))
     width = np.where(high > low, high - low, 1.0)
@@ -80,13 +88,7 @@ def gaussian_klom(unlearned: np.ndarray, oracle: np.ndarray, *, min_std: float =
     ``min_std``: ``log(s_o / s_u) + (s_u^2 + (mu_u - mu_o)^2) / (2 s_o^2) - 1/2``. Zero for
     identical margins; grows with the squared difference of means in units of ``s_o``.
     """
-    unlearned = np.clip(np.asarray(unlearned, np.float64), -clip, clip)
-    oracle = np.clip(np.asarray(oracle, np.float64), -clip, clip)
-    if unlearned.ndim != 2 or oracle.ndim != 2 or unlearned.shape[1] != oracle.shape[1]:
-        raise InvalidParameterError(
-            f"KLoM needs (N, n) and (M, n) margins for the same n points; got "
-            f"{unlearned.shape} and {oracle.shape}."
-        )
+    unlearned, oracle = _clipped_margins(unlearned, oracle, clip)
 
     def fit(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         std = values.std(axis=0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1])
