@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 import expunge
-from expunge.data import IndexedDataset
+from expunge.data import IndexedDataset, random_forget_ids
 from expunge.exceptions import (
     AlreadyForgottenError,
     ApproximationWarning,
@@ -296,6 +296,26 @@ def test_a_corrective_step_converges_to_retraining_on_a_convex_model(convex):
     auto = NaiveInfluence(**_exact_params(newton_steps="auto"))
     assert auto.point_steps(1, 200) == 1 and auto.point_steps(29, 200) == 2
     assert auto.point_steps(5, 54_000) == 1 and auto.point_steps(540, 54_000) == 2
+
+
+def test_a_large_batch_does_not_collapse_the_model(digits):
+    # 40 % removed from a small MLP: the whole first-order step overshoots (test accuracy
+    # 95.6 -> 88.4 % unguarded, patch norm 10); the guard on the retained objective halves it
+    train, test = digits
+    recipe = dict(model="mlp", model_params={"hidden_sizes": [64]}, epochs=10, batch_size=32,
+                  lr=0.05, momentum=0.9, seed=0)
+    ids = random_forget_ids(train, 0.4, seed=0)
+    scores = {}
+    for guard in (None, 0.1):
+        m = PUMA(**recipe, retained_guard=guard).fit(train)
+        before = m.score(test)
+        details = m.forget(ids).details
+        scores[guard] = m.score(test)
+        # unguarded: the whole step and a corrective one; guarded: a shortened step alone
+        assert (details["newton_step_sizes"] == [1.0, 0.0] if guard is None
+                else details["newton_step_sizes"] in ([0.5], [0.25], [0.125])), details
+    assert scores[None] < before - 0.04  # the failure this guards against is real here
+    assert scores[0.1] > before - 0.015, scores
 
 
 def test_scores_are_the_influence_on_the_validation_loss(convex):

@@ -145,14 +145,21 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
         steps = (int(strategy.class_newton_steps) if newly_removed
                  else strategy.point_steps(m, n))
         residuals = first.residuals[-1:]
-        if steps > 1:
+        # a class: the first step is line-searched on the retained objective; a batch:
+        # guarded by the retained objective on the curvature sample
+        first_step = ("line_search" if newly_removed
+                      else "guarded" if strategy.corrects(m, n) else "full")
+        if steps > 1 or first_step != "full":
             with clock.stage("newton"):
                 rows = lin.sample_rows[~np.isin(lin.sample_rows, rows_m)]
                 result = refine(lin.curv, rows, theta, new_theta, u, solve, steps,
-                                line_search_first=bool(newly_removed))
+                                first_step=first_step,
+                                guard=(float("inf") if strategy.retained_guard is None
+                                       else float(strategy.retained_guard)))
                 new_theta = result.theta
                 residuals += result.residuals
                 details["newton_step_sizes"] = result.step_sizes
+                details["newton_decrements"] = result.decrements
         if V is not None:  # the linearised change of each criterion: grad C^T (-H^-1 u)
             details["criterion_change_predicted"] = (-(V @ u)).tolist()
         details.update({

@@ -68,6 +68,7 @@ class NaiveInfluence(PUMA):
         patch_hessian: str = "reweighted",
         newton_steps: int | str = "auto",
         class_newton_steps: int = 5,
+        retained_guard: float | None = 0.1,
         refresh_after: float | None = 0.1,
         dtype: str = "auto",
         store: str | Path | None = None,
@@ -81,6 +82,7 @@ class NaiveInfluence(PUMA):
             hessian=hessian, cache_samples=cache_samples, preconditioner=preconditioner,
             tol=tol, max_iter=max_iter, lissa_depth=lissa_depth, lissa_batch=lissa_batch,
             pgd_steps=1, patch_hessian=patch_hessian, newton_steps=newton_steps,
-            class_newton_steps=class_newton_steps, refresh_after=refresh_after, dtype=dtype,
+            class_newton_steps=class_newton_steps, retained_guard=retained_guard,
+            refresh_after=refresh_after, dtype=dtype,
             store=store, show_progress=show_progress,
         )

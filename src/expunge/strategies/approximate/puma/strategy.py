@@ -88,6 +88,7 @@ CURVATURE_CONSTRAINTS: dict[str, list[Constraint]] = {
     "newton_steps": [Options(("auto",)), Interval(int, 1, None),
                      Check(_is_count_text, "a count >= 1 given as text")],
     "class_newton_steps": [Interval(int, 1, None)],
+    "retained_guard": [None, Interval(float, 0, None)],
     "refresh_after": [None, Interval(float, 0, None)],
     "dtype": [Options(("auto", "float64", "float32"))],
 }
@@ -177,6 +178,13 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
             after the first when the request forgets at least 0.1 % of the training split
             (:data:`CORRECTION_FRACTION`), else none; or a count.
         class_newton_steps: patch steps for whole-class removal.
+        retained_guard: a batch's first step (at least 0.1 % of the training split) is
+            halved until it raises the retained objective (mean loss plus L2 over the
+            retained rows of the curvature sample) by at most this fraction: retraining
+            minimises that objective, and a first-order step far outside its regime
+            raises it (:func:`._patch.refine`). Default 0.1: a correct patch of a trained
+            model lowers it, and an undertrained model's unfinished training gradient
+            moves it a little either way; ``None`` takes the whole step.
         refresh_after: fraction of the training split forgotten since the last full
             refresh after which a request ends with one (``None``: only :meth:`refresh`).
         dtype: ``"auto"`` (float32 for K-FAC, float64 for the exact solvers), or explicit.
@@ -194,7 +202,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
     #: act only when a request is computed (the fit and its cache do not depend on them):
     #: expunge.open may change them; each forget records the values it used
     _request_params = frozenset({"eta", "sparsity", "pgd_steps", "candidates", "newton_steps",
-                                 "class_newton_steps", "refresh_after", "patch_hessian",
+                                 "class_newton_steps", "retained_guard", "refresh_after", "patch_hessian",
                                  "tol", "max_iter", "lissa_depth", "lissa_batch"})
     summary = ("approximate: whole-network influence patch with re-weighting that keeps a "
                "validation criterion unchanged (PUMA)")
@@ -243,6 +251,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
         patch_hessian: str = "reweighted",
         newton_steps: int | str = "auto",
         class_newton_steps: int = 5,
+        retained_guard: float | None = 0.1,
         refresh_after: float | None = 0.1,
         dtype: str = "auto",
         store: str | Path | None = None,
@@ -277,6 +286,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
         self.patch_hessian = patch_hessian
         self.newton_steps = newton_steps
         self.class_newton_steps = class_newton_steps
+        self.retained_guard = retained_guard
         self.refresh_after = refresh_after
         self.dtype = dtype
         self.store = store
@@ -331,10 +341,17 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
         """The fixed damping, or ``default`` for ``damping="auto"``."""
         return default if self.damping == "auto" else float(self.damping)
 
+    @staticmethod
+    def corrects(m: int, n_train: int) -> bool:
+        """Whether forgetting ``m`` of ``n_train`` is a batch large enough for the network's
+        curvature to bend the first-order step (:data:`CORRECTION_FRACTION`): its first
+        step is line-searched, and ``newton_steps="auto"`` adds a corrective step."""
+        return m > 1 and m >= CORRECTION_FRACTION * n_train
+
     def point_steps(self, m: int, n_train: int) -> int:
         """Patch steps for a point removal of ``m`` of ``n_train`` training samples."""
         if self.newton_steps == "auto":
-            return 2 if m > 1 and m >= CORRECTION_FRACTION * n_train else 1
+            return 2 if self.corrects(m, n_train) else 1
         return int(self.newton_steps)
 
     def sample_fraction(self, n_train: int) -> float:
