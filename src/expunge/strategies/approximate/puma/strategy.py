@@ -202,8 +202,9 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
     #: act only when a request is computed (the fit and its cache do not depend on them):
     #: expunge.open may change them; each forget records the values it used
     _request_params = frozenset({"eta", "sparsity", "pgd_steps", "candidates", "newton_steps",
-                                 "class_newton_steps", "retained_guard", "refresh_after", "patch_hessian",
-                                 "tol", "max_iter", "lissa_depth", "lissa_batch"})
+                                 "class_newton_steps", "retained_guard", "refresh_after",
+                                 "patch_hessian", "tol", "max_iter", "lissa_depth",
+                                 "lissa_batch"})
     summary = ("approximate: whole-network influence patch with re-weighting that keeps a "
                "validation criterion unchanged (PUMA)")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
