@@ -485,6 +485,37 @@ def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path
     m.close()
 
 
+def test_requests_that_touch_no_bucket_give_the_bits_a_reopened_store_gives(digits, tmp_path):
+    # the criterion directions H^-1 grad C are memoised in memory between requests that
+    # touch no bucket; a reopened handle recomputes them, and the models are the same bits
+    # (the cache's sums are added in bucket order, whatever order memory holds them in)
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}, "refresh_after": None,
+              "cache_samples": 64}
+    kept = PUMA(**params, store=tmp_path / "a").fit(train)
+    lin = Linearisation(kept, kept.fitted_.module, kept.training_data, kept.fitted_.val_ids,
+                        (), sample_fraction=kept.fitted_.cache.sample_fraction)
+    outside = np.setdiff1d(kept.training_data.ids,
+                           np.concatenate([kept.training_data.ids[lin.sample_rows],
+                                           kept.fitted_.val_ids]))
+    # the first request recomputes a bucket (re-inserted last in memory, read back in
+    # bucket order), the second touches none and reuses the memoised directions
+    first, second = int(kept.training_data.ids[lin.sample_rows[0]]), int(outside[0])
+    reports = [kept.forget([first]), kept.forget([second])]
+    assert [len(r.details["touched_buckets"]) for r in reports] == [1, 0]
+    assert kept.fitted_.cache._directions is not None  # memoised across the two requests
+    other = PUMA(**params, store=tmp_path / "b").fit(train)
+    other.forget([first])
+    other.close()
+    reopened = expunge.open(tmp_path / "b")
+    assert reopened.fitted_.cache._directions is None
+    reopened.forget([second])
+    assert reopened.fingerprint() == kept.fingerprint()
+    reopened.close()
+    kept.close()
+
+
 def _bucket_rows(lin):
     from expunge.strategies.approximate.puma._cache import bucket_rows
 

@@ -217,9 +217,15 @@ class PumaCache:
     forgotten_since_refresh: int = 0
     train_at_refresh: int = 0
     _inverse: KFACInverse | None = field(default=None, repr=False)
+    #: ``H^-1 grad C`` of a point request with the K-FAC solver: a function of the sums
+    #: alone, so requests that touch no bucket reuse it (memoised, never stored)
+    _directions: torch.Tensor | None = field(default=None, repr=False)
 
     def totals(self) -> CacheTotals:
-        stats = list(self.buckets.values())
+        # summed in bucket order: a request re-inserts the buckets it recomputed, and a
+        # reopened store reads them sorted; float sums in another order differ in the last
+        # bits, and the same request would give other bits in-process than after a reopen
+        stats = [self.buckets[b] for b in sorted(self.buckets)]
         first = stats[0]
         kfac = None
         if first.kfac is not None:

@@ -121,6 +121,7 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
                               cache.forgotten_since_refresh + m, cache.train_at_refresh)
         if not touched:
             new_cache._inverse = cache._inverse
+            new_cache._directions = cache._directions
         totals = new_cache.totals()
     details.update({"touched_buckets": sorted(int(b) for b in touched),
                     "rows_recomputed": int(sum(s.n_sample + int(s.crit_count.sum())
@@ -135,8 +136,12 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
             mean = ((n - m) * totals.mean_gradient + forgotten_sum) / n
         support, mass, V = None, 0.0, None
         if strategy.reweights:
+            # the criterion directions depend on the cached sums only with K-FAC at the
+            # cache's damping (a class is solved with other damping; exact solvers use
+            # the retained rows): then a request that touched no bucket reuses them
+            memo = new_cache if strategy.uses_kfac_solver and not newly_removed else None
             support, mass, V = _reweight(strategy, lin, totals, solve, rows_m,
-                                         forgotten_sum, mean, details, clock)
+                                         forgotten_sum, mean, details, clock, memo)
         with clock.stage("solve"):
             u, total = patch_gradient(forgotten_sum, m, mean, n, support, mass)
             first = solve(u)
@@ -229,17 +234,22 @@ def _patch_solver(strategy: PUMA, lin: Linearisation, before: PumaCache, after: 
 
 def _reweight(strategy: PUMA, lin: Linearisation, totals: Any, solve: Solve,
               rows_m: np.ndarray, forgotten_sum: torch.Tensor, mean: torch.Tensor,
-              details: dict[str, Any], clock: _Clock
+              details: dict[str, Any], clock: _Clock, memo: PumaCache | None = None
               ) -> tuple[torch.Tensor | None, float, torch.Tensor]:
     """Score the retained candidates, solve the re-weighting, and return the support's
     weighted gradient sum, its mass and ``V = H^-1 grad C`` (ALGORITHMS.md section 1(b)
     steps 1-4)."""
     n, m = lin.n_train, len(rows_m)
     with clock.stage("scores"):
-        results: list[SolveResult] = [solve(g) for g in totals.criterion_gradients()]
-        for r in results:
-            warn_solve(strategy, r, "solve for the criterion direction H^-1 grad C")
-        V = torch.stack([r.x for r in results])  # (K, p): H^-1 grad C_k
+        if memo is not None and memo._directions is not None:
+            V = memo._directions
+        else:
+            results: list[SolveResult] = [solve(g) for g in totals.criterion_gradients()]
+            for r in results:
+                warn_solve(strategy, r, "solve for the criterion direction H^-1 grad C")
+            V = torch.stack([r.x for r in results])  # (K, p): H^-1 grad C_k
+            if memo is not None:
+                memo._directions = V
         retained = lin.train_rows[~np.isin(lin.train_rows, rows_m)]
         fraction = min(1.0, strategy.candidates / max(n, 1))
         candidates = retained[keyed_subset(int(strategy.seed), CANDIDATE_KEY,
