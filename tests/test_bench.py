@@ -90,3 +90,32 @@ def test_results_md_covers_experiments_run_one_at_a_time(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["bench", "all", "--render-only", "--out", str(empty), "--quiet"]) == 2
+
+
+def test_e8_reports_a_diverged_request_as_a_failure_and_finishes(tmp_path, monkeypatch):
+    # a method that diverges on one seed is a result (the row says which seed), not a
+    # crash of the whole benchmark
+    import math
+
+    import expunge
+    from expunge.bench import _kinds_e8
+    from expunge.exceptions import DivergedError
+
+    real = expunge.evaluate
+
+    def evaluate(strategy, **kwargs):
+        if strategy.name == "finetune" and strategy.seed == 1:
+            raise DivergedError("finetune: non-finite parameters (test)")
+        return real(strategy, **kwargs)
+
+    monkeypatch.setattr(_kinds_e8.expunge, "evaluate", evaluate)
+    assert main(["bench", "e8_baselines", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "e8_baselines.json").read_text())["rows"]
+    finetune = [r for r in rows if r["strategy"] == "finetune"]
+    per_set = [r for r in finetune if r["forget_set"] != _kinds_e8.SUMMARY]
+    assert per_set and all(r["diverged_seeds"] == [1] and r["seeds"] == [0] for r in per_set)
+    summary = next(r for r in finetune if r["forget_set"] == _kinds_e8.SUMMARY)
+    assert math.isnan(summary["avg_gap"]) and summary["diverged"]
+    retrain = next(r for r in rows if r["strategy"] == "retrain"
+                   and r["forget_set"] == _kinds_e8.SUMMARY)
+    assert retrain["avg_gap"] == 0.0

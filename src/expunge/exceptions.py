@@ -97,6 +97,16 @@ class ConcurrentModificationError(ExpungeError, RuntimeError):
     """
 
 
+class DivergedError(ExpungeError, ArithmeticError):
+    """An approximate request produced non-finite parameters (a gradient-ascent-style
+    method diverged, or a patch overflowed).
+
+    Nothing was committed or written: the model, the ledger and the store are the ones
+    before the request. Lower the method's step size or number of steps, or use an exact
+    strategy for a request of this size.
+    """
+
+
 class ExpungeWarning(UserWarning):
     """Base class of every warning expunge emits."""
 

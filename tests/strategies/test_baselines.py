@@ -13,6 +13,7 @@ from torch import nn
 
 import expunge
 from expunge.data import IndexedDataset
+from expunge.exceptions import DivergedError
 from expunge.store import DirectoryStore
 from expunge.strategies.approximate.baselines import (
     BASELINES,
@@ -256,6 +257,23 @@ def test_gradient_ascent_raises_the_forget_loss(small_digits):
     start = loss()
     strategy.forget(ids)
     assert loss() > start
+
+
+def test_a_diverged_request_is_refused_and_changes_nothing(small_digits, tmp_path):
+    # gradient ascent with a huge rate drives the parameters to inf/NaN: no broken model
+    # and no ledger entry claiming a deletion may be committed
+    strategy = make("gradient_ascent", unlearn_lr=1e36, unlearn_epochs=5.0,
+                    store=tmp_path / "s").fit(small_digits)
+    before, entries = strategy.fingerprint(), len(strategy.ledger.entries())
+    blobs = strategy.store_.list_blobs()
+    with pytest.raises(DivergedError, match="non-finite parameters"):
+        strategy.forget(small_digits.ids[:100])
+    assert strategy.fingerprint() == before and len(strategy.ledger.entries()) == entries
+    assert strategy.store_.list_blobs() == blobs
+    reopened = expunge.open(tmp_path / "s")
+    assert reopened.fingerprint() == before and reopened.verify() >= 1
+    reopened.close()
+    strategy.close()
 
 
 def test_l1_sparse_shrinks_the_l1_norm(small_digits):

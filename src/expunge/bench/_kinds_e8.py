@@ -37,6 +37,7 @@ from expunge.evaluation import (
     interval,
     memorised_forget_ids,
 )
+from expunge.exceptions import DivergedError
 
 FORGET_SETS = ("random", "memorised", "class")
 SUMMARY = "mean of 3"
@@ -81,8 +82,10 @@ def _forget_sets(ctx: Context, cache: EvaluationCache) -> dict[str, np.ndarray]:
 
 def _evaluate_seed(ctx: Context, forget_sets: dict[str, np.ndarray], cache: EvaluationCache,
                    reports: dict[tuple[str, str], list[EvaluationReport]],
-                   seconds: dict[tuple[str, str], list[float]]) -> None:
-    """Fit every strategy once for ``ctx.seed``; forget and evaluate each forget set."""
+                   seconds: dict[tuple[str, str], list[float]],
+                   diverged: dict[tuple[str, str], list[int]]) -> None:
+    """Fit every strategy once for ``ctx.seed``; forget and evaluate each forget set. A
+    request refused as diverged (non-finite parameters) is recorded in ``diverged``."""
     settings = ctx.spec.settings
     train, test = ctx.data()
     only = settings.get("only")
@@ -92,14 +95,20 @@ def _evaluate_seed(ctx: Context, forget_sets: dict[str, np.ndarray], cache: Eval
         for name, ids in forget_sets.items():
             strategy, _ = ctx.fitted_copy(label)
             started = time.perf_counter()
-            report = expunge.evaluate(
-                strategy, train=train, test=test, forget_ids=ids, reference="retrain",
-                attacks=settings.get("attacks", ["svc", "rmia", "klom"]),
-                checks=settings.get("checks", []), forget=True,
-                shadow_models=int(settings.get("shadow_models", 4)),
-                svc_max_samples=settings.get("svc_max_samples", 5000), cache=cache,
-                shadow_recipe="retrain")
-            strategy.close()
+            try:
+                report = expunge.evaluate(
+                    strategy, train=train, test=test, forget_ids=ids, reference="retrain",
+                    attacks=settings.get("attacks", ["svc", "rmia", "klom"]),
+                    checks=settings.get("checks", []), forget=True,
+                    shadow_models=int(settings.get("shadow_models", 4)),
+                    svc_max_samples=settings.get("svc_max_samples", 5000), cache=cache,
+                    shadow_recipe="retrain")
+            except DivergedError as error:  # a failure of the method, reported as one
+                ctx.log(f"  seed {ctx.seed} {label} {name}: diverged ({error})")
+                diverged.setdefault((label, name), []).append(ctx.seed)
+                continue
+            finally:
+                strategy.close()
             request = report.runs[0]["forget_report"]["seconds"]
             reports.setdefault((label, name), []).append(report)
             seconds.setdefault((label, name), []).append(float(request))
@@ -111,7 +120,7 @@ def _evaluate_seed(ctx: Context, forget_sets: dict[str, np.ndarray], cache: Eval
 
 def _plot_e8(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path, title: str) -> None:
     plt = _plt()
-    summary = [r for r in rows if r["forget_set"] == SUMMARY]
+    summary = [r for r in rows if r["forget_set"] == SUMMARY and np.isfinite(r["avg_gap"])]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     ax = axes[0]
     for i, r in enumerate(summary):
@@ -156,6 +165,7 @@ def baselines(ctx: Context) -> dict[str, Any]:
     """Every strategy x forget set x training seed, combined over seeds with intervals."""
     reports: dict[tuple[str, str], list[EvaluationReport]] = {}
     seconds: dict[tuple[str, str], list[float]] = {}
+    diverged: dict[tuple[str, str], list[int]] = {}
     seeds = [int(s) for s in ctx.spec.settings.get("train_seeds", [ctx.seed])]
     # one forget set of each kind for every training seed (KLoM compares the seeds' models
     # point by point): drawn, and ranked by memorisation, with the first seed's models
@@ -164,20 +174,28 @@ def baselines(ctx: Context) -> dict[str, Any]:
         forget_sets = _forget_sets(dataclasses.replace(ctx, seed=seeds[0]), caches[seeds[0]])
     for seed in seeds:
         seeded = dataclasses.replace(ctx, seed=seed, _fitted={})
-        _evaluate_seed(seeded, forget_sets, caches.pop(seed), reports, seconds)
+        _evaluate_seed(seeded, forget_sets, caches.pop(seed), reports, seconds, diverged)
         for child in ctx.scratch.iterdir():  # this seed's fitted stores and copies
             shutil.rmtree(child, ignore_errors=True)
     rows = []
     reference = ctx.spec.reference
+    for label, name in diverged.keys() - reports.keys():  # diverged on every seed
+        rows.append({"strategy": label, "forget_set": name, "seeds": [],
+                     "diverged_seeds": diverged[(label, name)],
+                     **{column: float("nan") for column in PICKED},
+                     "rel_time": float("nan"), "per_seed_avg_gap": []})
     for (label, name), reps in reports.items():
         combined = combine_reports(reps)
         row: dict[str, Any] = {"strategy": label, "forget_set": name,
-                               "seeds": [r.seeds[0] for r in reps]}
+                               "seeds": [r.seeds[0] for r in reps],
+                               "diverged_seeds": diverged.get((label, name), [])}
         for column in PICKED:
             row[column], ci = _value(combined, column)
             if ci is not None:
                 row[f"{column}_ci"] = ci
-        ratios = [s / r for s, r in zip(seconds[(label, name)], seconds[(reference, name)])]
+        done = [seeds.index(s) for s in row["seeds"]]  # the reference ran on every seed
+        ratios = [s / seconds[(reference, name)][i]
+                  for s, i in zip(seconds[(label, name)], done, strict=True)]
         row["rel_time"], _, row["rel_time_ci"] = interval(list(ratios), row["seeds"])
         row["forget_seconds"] = statistics.fmean(seconds[(label, name)])
         row["per_seed_avg_gap"] = [r["avg_gap"].model for r in reps]
@@ -186,6 +204,12 @@ def baselines(ctx: Context) -> dict[str, Any]:
         rows.append(row)
     for label in dict.fromkeys(r["strategy"] for r in rows):
         mine = [r for r in rows if r["strategy"] == label]
+        failed = sorted({(r["forget_set"], s) for r in mine for s in r["diverged_seeds"]})
+        if failed:  # a method that diverged on some request has no mean over the sets
+            rows.append({"strategy": label, "forget_set": SUMMARY, "avg_gap": float("nan"),
+                         "rel_time": float("nan"),
+                         "diverged": [f"{name} seed {seed}" for name, seed in failed]})
+            continue
         # the mean over forget sets per seed, then the interval over seeds
         per_seed = np.mean([r["per_seed_avg_gap"] for r in mine], axis=0).tolist()
         times = np.mean([[s / t for s, t in zip(seconds[(label, r["forget_set"])],

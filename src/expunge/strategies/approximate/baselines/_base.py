@@ -46,6 +46,7 @@ from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
 from expunge.strategies._recipe import RECIPE_CONSTRAINTS as TRAINING_RECIPE
 from expunge.strategies._recipe import TrainingRecipe
+from expunge.strategies.approximate._finite import require_finite
 from expunge.strategies.base import FittedModel, ForgetStats, UnlearningStrategy
 from expunge.training import (
     EpochKey,
@@ -348,6 +349,7 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
             torch.manual_seed(derive_key(key, "module-rng") >> 1)
             outcome = self._unlearn(request)
         request.module.eval()
+        require_finite(request.module, self, len(ids))  # before anything is written
         details = {"method_seconds": time.perf_counter() - started, **outcome.details}
         new = PatchModel(
             request.module, extra=fitted.extra if outcome.extra is None else outcome.extra,

@@ -26,6 +26,7 @@ from expunge.models import ModelSpec, module_fingerprint
 from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
 from expunge.strategies._recipe import RECIPE_CONSTRAINTS, TrainingRecipe
+from expunge.strategies.approximate._finite import require_finite
 from expunge.strategies.approximate.puma import _request
 from expunge.strategies.approximate.puma._cache import VALIDATION_KEY, keyed_subset
 from expunge.strategies.approximate.puma._model import PumaModel
@@ -557,6 +558,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
                 store: Store, progress: Progress) -> tuple[PumaModel, ForgetStats]:
         assert isinstance(fitted, PumaModel)
         new_model, details = _request.forget(self, fitted, ids, retained, progress)
+        require_finite(new_model.module, self, len(ids))  # before anything is written
         started = time.perf_counter()
         new_model.write(store)  # the model and the recomputed buckets (new blob names)
         seconds = details["seconds"]
