@@ -8,6 +8,7 @@ atomically and refuse the same damaged files. Loading never executes code (safet
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -27,9 +28,42 @@ def prepare(tensors: Tensors) -> Tensors:
     return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
 
 
+#: torch dtype -> safetensors dtype code, for the encoder below (others use the library)
+_CODES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
+          torch.int32: "I32", torch.int64: "I64", torch.float16: "F16",
+          torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+
+
 def encode(tensors: Tensors, metadata: Metadata | None = None) -> bytes:
-    """The safetensors bytes of ``tensors`` with string ``metadata``."""
-    return save_safetensors(prepare(tensors), metadata=dict(metadata or {}))
+    """The safetensors bytes of ``tensors`` with string ``metadata``.
+
+    Written here rather than by ``safetensors.torch.save``, which copies each tensor
+    several times on the way to its bytes (12 ms for a 2.7 MB data bucket against 1.7 ms
+    here): the layout is the format's own (an 8-byte little-endian header length, the JSON
+    header padded with spaces to 8 bytes, the tensors' bytes back to back in the header's
+    order), and every blob is read back by the safetensors library, which validates it.
+    """
+    if sys.byteorder != "little" or any(
+            t.dtype not in _CODES for t in tensors.values()):  # pragma: no cover
+        return save_safetensors(prepare(tensors), metadata=dict(metadata or {}))
+    header: dict[str, object] = {}
+    chunks: list[memoryview | bytes] = []
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        size = tensor.numel() * tensor.element_size()
+        header[key] = {"dtype": _CODES[tensor.dtype], "shape": list(tensor.shape),
+                       "data_offsets": [offset, offset + size]}
+        if size:
+            raw = tensor.reshape(-1).view(torch.uint8).numpy()
+            chunks.append(memoryview(raw).cast("B"))
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    # b"".join copies each tensor's bytes once, into the result: nothing aliases the tensors
+    return b"".join([len(text).to_bytes(8, "little"), text, *chunks])
 
 
 def _metadata(data: bytes, where: str) -> Metadata:
