@@ -516,6 +516,23 @@ def test_requests_that_touch_no_bucket_give_the_bits_a_reopened_store_gives(digi
     kept.close()
 
 
+def test_a_bucket_blob_packs_its_symmetric_factors_and_reads_back_bit_for_bit(digits):
+    from expunge.strategies.approximate.puma._cache import BucketStats
+
+    train, _ = digits
+    m = PUMA(**{**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+                "model_params": {"hidden_sizes": [8]}}).fit(train)
+    stats = next(iter(m.fitted_.cache.buckets.values()))
+    tensors, metadata = stats.to_blob()
+    assert all(name.endswith(".triu") for name in tensors if name.startswith(("kfac.A",
+                                                                              "kfac.G")))
+    for blob in (tensors, {**{k: v for k, v in tensors.items() if not k.endswith(".triu")},
+                           **stats.kfac.to_tensors("kfac.")}):  # packed, and the old layout
+        back = BucketStats.from_blob(blob, metadata)
+        for x, y in zip(back.kfac.A + back.kfac.G, stats.kfac.A + stats.kfac.G, strict=True):
+            assert torch.equal(x, y) and torch.equal(x, x.T)
+
+
 def _bucket_rows(lin):
     from expunge.strategies.approximate.puma._cache import bucket_rows
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,7 +94,13 @@ class BucketStats:
         tensors = {"grad_sum": self.grad_sum, "crit_count": self.crit_count,
                    "crit_loss": self.crit_loss, "crit_grad": self.crit_grad}
         if self.kfac is not None:
-            tensors.update(self.kfac.to_tensors("kfac."))
+            # the factors are symmetric (mirrored when computed): their upper triangles
+            # are a third less to write per request than the whole matrices
+            for name, factor in self.kfac.to_tensors("kfac.").items():
+                if factor.ndim == 2:
+                    tensors[f"{name}.triu"] = _upper(factor)
+                else:
+                    tensors[name] = factor
         meta = {"bucket": self.bucket, "generation": self.generation, "key": self.key,
                 "n_sample": self.n_sample,
                 "kfac_weight": None if self.kfac is None else self.kfac.weight,
@@ -106,11 +113,36 @@ class BucketStats:
         meta = json.loads(metadata["puma_bucket"])
         kfac = None
         if meta["kfac_layers"] is not None:
-            kfac = KFACFactors.from_tensors(tensors, "kfac.", int(meta["kfac_layers"]),
-                                            float(meta["kfac_weight"]))
+            full = {k[:-len(".triu")]: _from_upper(v) for k, v in tensors.items()
+                    if k.endswith(".triu")}  # stores written before packing hold full ones
+            kfac = KFACFactors.from_tensors({**tensors, **full}, "kfac.",
+                                            int(meta["kfac_layers"]), float(meta["kfac_weight"]))
         return cls(int(meta["bucket"]), int(meta["generation"]), str(meta["key"]),
                    int(meta["n_sample"]), tensors["grad_sum"], kfac, tensors["crit_count"],
                    tensors["crit_loss"], tensors["crit_grad"])
+
+
+def _upper(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of a square matrix, row by row."""
+    rows, cols = torch.triu_indices(matrix.shape[0], matrix.shape[0])
+    return matrix[rows, cols]
+
+
+def _from_upper(packed: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is ``packed`` (:func:`_upper`'s inverse)."""
+    size = math.isqrt(8 * packed.numel() + 1) // 2  # n(n+1)/2 entries: sqrt(8k+1) = 2n+1
+    rows, cols = torch.triu_indices(size, size)
+    matrix = torch.zeros(size, size, dtype=packed.dtype)
+    matrix[rows, cols] = packed
+    matrix[cols, rows] = packed
+    return matrix
+
+
+def _mirrored(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix`` with its lower triangle replaced by the upper one's mirror: exactly
+    symmetric (a matmul's ``X^T X`` may differ from its transpose in the last bit), so
+    that what a bucket holds in memory is what its blob gives back."""
+    return _from_upper(_upper(matrix))
 
 
 @dataclass(frozen=True)
@@ -144,6 +176,8 @@ def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
         kfac, gradient = kfac_factors_and_gradient(curv, layers, uncovered, rows.sample,
                                                    progress=progress, task=task)
         assert gradient is not None
+        kfac = KFACFactors([_mirrored(a) for a in kfac.A], [_mirrored(g) for g in kfac.G],
+                           kfac.diagonal, kfac.weight)
         grad_sum = gradient
     else:
         grad_sum = curv.gradient_and_loss(rows.sample, 1.0)[0]
