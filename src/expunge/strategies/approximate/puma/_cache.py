@@ -23,6 +23,7 @@ scores) is derived from these sums in memory and never stored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -122,27 +123,30 @@ class BucketStats:
                    tensors["crit_loss"], tensors["crit_grad"])
 
 
+@functools.lru_cache(maxsize=16)
+def _upper_mask(size: int) -> torch.Tensor:
+    return torch.ones(size, size, dtype=torch.bool).triu()
+
+
 def _upper(matrix: torch.Tensor) -> torch.Tensor:
     """The upper triangle of a square matrix, row by row."""
-    rows, cols = torch.triu_indices(matrix.shape[0], matrix.shape[0])
-    return matrix[rows, cols]
-
-
-def _from_upper(packed: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose upper triangle is ``packed`` (:func:`_upper`'s inverse)."""
-    size = math.isqrt(8 * packed.numel() + 1) // 2  # n(n+1)/2 entries: sqrt(8k+1) = 2n+1
-    rows, cols = torch.triu_indices(size, size)
-    matrix = torch.zeros(size, size, dtype=packed.dtype)
-    matrix[rows, cols] = packed
-    matrix[cols, rows] = packed
-    return matrix
+    return matrix[_upper_mask(matrix.shape[0])]
 
 
 def _mirrored(matrix: torch.Tensor) -> torch.Tensor:
     """``matrix`` with its lower triangle replaced by the upper one's mirror: exactly
     symmetric (a matmul's ``X^T X`` may differ from its transpose in the last bit), so
     that what a bucket holds in memory is what its blob gives back."""
-    return _from_upper(_upper(matrix))
+    return matrix.triu() + matrix.triu(1).T
+
+
+def _from_upper(packed: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose upper triangle is ``packed`` (:func:`_upper`'s inverse;
+    the same bits as :func:`_mirrored` of the matrix it was packed from)."""
+    size = math.isqrt(8 * packed.numel() + 1) // 2  # n(n+1)/2 entries: sqrt(8k+1) = 2n+1
+    matrix = torch.zeros(size, size, dtype=packed.dtype)
+    matrix[_upper_mask(size)] = packed
+    return _mirrored(matrix)
 
 
 @dataclass(frozen=True)
