@@ -14,6 +14,7 @@ from expunge.data import IndexedDataset, class_forget_ids, random_forget_ids
 from expunge.evaluation import EvaluationReport, evaluate
 from expunge.evaluation._reference import store_bytes_excluding_cache
 from expunge.exceptions import (
+    DivergedError,
     InvalidParameterError,
     InvalidRequestError,
     UnknownSampleError,
@@ -330,3 +331,23 @@ def test_approximate_strategy_reports_precompute_and_parameter_distance(
     assert report["cost.precompute_seconds"].model > 0
     # one network on each side with the same architecture: the distance is defined
     assert report["dist.param_l2"].model > 0
+
+
+def test_a_model_with_non_finite_outputs_is_refused_by_name(data: Any, forget_ids: np.ndarray,
+                                                            monkeypatch: Any) -> None:
+    # no attack can judge NaN probabilities (the SVC used to fail deep inside sklearn)
+    import torch
+
+    train, test = data
+    model = expunge.Retrain(**FAST).fit(train)
+    real = model.fitted_.predict_proba
+
+    def broken(X: torch.Tensor) -> torch.Tensor:
+        p = real(X).clone()
+        p[0] = float("nan")
+        return p
+
+    monkeypatch.setattr(model.fitted_, "predict_proba", broken)
+    with pytest.raises(DivergedError, match=r"The model \(retrain\) gives non-finite"):
+        evaluate(model, test=test, forget_ids=forget_ids, reference=None,
+                 attacks=CHEAP_ATTACKS)

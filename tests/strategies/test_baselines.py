@@ -266,13 +266,33 @@ def test_a_diverged_request_is_refused_and_changes_nothing(small_digits, tmp_pat
                     store=tmp_path / "s").fit(small_digits)
     before, entries = strategy.fingerprint(), len(strategy.ledger.entries())
     blobs = strategy.store_.list_blobs()
-    with pytest.raises(DivergedError, match="non-finite parameters"):
+    with pytest.raises(DivergedError, match="holds NaN or inf"):
         strategy.forget(small_digits.ids[:100])
     assert strategy.fingerprint() == before and len(strategy.ledger.entries()) == entries
     assert strategy.store_.list_blobs() == blobs
     reopened = expunge.open(tmp_path / "s")
     assert reopened.fingerprint() == before and reopened.verify() >= 1
     reopened.close()
+    strategy.close()
+
+
+def test_a_model_whose_outputs_overflow_is_refused_too(small_digits, tmp_path, monkeypatch):
+    # finite parameters, overflowing logits: as broken as NaN weights
+    strategy = make("finetune", model="mlp", model_params={"hidden_sizes": [16]},
+                    store=tmp_path / "s").fit(small_digits)
+    before = strategy.fingerprint()
+
+    def blow_up(request):
+        outcome = type(strategy)._unlearn(strategy, request)
+        with torch.no_grad():
+            for p in request.module.parameters():
+                p.fill_(1e20)  # float32 holds 1e20; the logits (~1e43) overflow
+        return outcome
+
+    monkeypatch.setattr(strategy, "_unlearn", blow_up)
+    with pytest.raises(DivergedError, match="outputs overflow on"):
+        strategy.forget(small_digits.ids[:5])
+    assert strategy.fingerprint() == before and not strategy.ledger.entries("forget")
     strategy.close()
 
 

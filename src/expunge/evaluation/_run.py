@@ -26,6 +26,7 @@ from expunge.evaluation._reference import (
 from expunge.evaluation._report import MetricRow
 from expunge.exceptions import (
     DatasetError,
+    DivergedError,
     InvalidParameterError,
     InvalidRequestError,
     UnknownSampleError,
@@ -164,6 +165,16 @@ def run_once(
         if ref is not None:
             P["reference"] = {k: ref.view.predict_proba(v.X).detach().double().numpy()
                               for k, v in splits.items()}
+    for side, probabilities in P.items():
+        for split, p in probabilities.items():
+            bad = int((~np.isfinite(p)).any(axis=1).sum())
+            if bad:  # a broken model (overflowing logits): nothing below can judge it
+                who = "The model" if side == "model" else "The reference model"
+                raise DivergedError(
+                    f"{who} ({strategy.name}) gives non-finite probabilities on {bad} of "
+                    f"{len(p)} {split} samples (its logits overflow): it cannot be evaluated. "
+                    "The request diverged; lower the method's step size or steps."
+                )
     if any((p == 0).any() for side in P.values() for p in side.values()):
         notes.append(f"some probabilities are exactly 0 (e.g. SISA's vote shares): losses and "
                      f"m-entropy clip them at {LOSS_EPS:g}.")

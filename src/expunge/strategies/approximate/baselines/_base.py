@@ -349,7 +349,8 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
             torch.manual_seed(derive_key(key, "module-rng") >> 1)
             outcome = self._unlearn(request)
         request.module.eval()
-        require_finite(request.module, self, len(ids))  # before anything is written
+        # before anything is written
+        require_finite(request.module, self, len(ids), request.forget.inputs())
         details = {"method_seconds": time.perf_counter() - started, **outcome.details}
         new = PatchModel(
             request.module, extra=fitted.extra if outcome.extra is None else outcome.extra,

@@ -558,7 +558,8 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
                 store: Store, progress: Progress) -> tuple[PumaModel, ForgetStats]:
         assert isinstance(fitted, PumaModel)
         new_model, details = _request.forget(self, fitted, ids, retained, progress)
-        require_finite(new_model.module, self, len(ids))  # before anything is written
+        # before anything is written
+        require_finite(new_model.module, self, len(ids), self.data_.select(ids).inputs())
         started = time.perf_counter()
         new_model.write(store)  # the model and the recomputed buckets (new blob names)
         seconds = details["seconds"]
