@@ -68,7 +68,7 @@ class NaiveInfluence(PUMA):
         patch_hessian: str = "reweighted",
         newton_steps: int | str = "auto",
         class_newton_steps: int = 5,
-        retained_guard: float | None = 0.1,
+        retained_guard: float | None = 1.0,
         refresh_after: float | None = 0.1,
         dtype: str = "auto",
         store: str | Path | None = None,
