@@ -309,8 +309,13 @@ def test_a_large_batch_does_not_collapse_the_model(digits):
     for guard in (None, 1.0):  # 1.0: the default
         m = PUMA(**recipe, retained_guard=guard).fit(train)
         before = m.score(test)
-        details = m.forget(ids).details
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            details = m.forget(ids).details
         scores[guard] = m.score(test)
+        # a shortened step says so: the request is outside the patch's regime
+        said = [w for w in caught if "outside the first-order patch's regime" in str(w.message)]
+        assert len(said) == (0 if guard is None else 1)
         # unguarded: the whole step and a corrective one; guarded: a shortened step alone
         assert (details["newton_step_sizes"] == [1.0, 0.0] if guard is None
                 else details["newton_step_sizes"] in ([0.5], [0.25], [0.125])), details

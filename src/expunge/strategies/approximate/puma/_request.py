@@ -22,7 +22,7 @@ from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidRequestError
 from expunge.models import module_fingerprint
 from expunge.strategies._stored_data import data_buckets
-from expunge.strategies.approximate.curvature import SolveResult
+from expunge.strategies.approximate.curvature import SolveResult, warn_approximation
 from expunge.strategies.approximate.puma._cache import CANDIDATE_KEY, PumaCache, keyed_subset
 from expunge.strategies.approximate.puma._model import PumaModel
 from expunge.strategies.approximate.puma._patch import patch_gradient, refine
@@ -165,6 +165,16 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
                 residuals += result.residuals
                 details["newton_step_sizes"] = result.step_sizes
                 details["newton_decrements"] = result.decrements
+                if first_step == "guarded" and result.step_sizes[0] < 1.0:
+                    warn_approximation(
+                        f"{type(strategy).__name__}: forgetting {m} of {n} training samples "
+                        "is outside the first-order patch's regime (the whole step raised "
+                        f"the retained objective more than retained_guard="
+                        f"{strategy.retained_guard} allows), so it took "
+                        f"{result.step_sizes[0]:g} of it. Expect a larger gap to retraining "
+                        "(docs/puma.md, 'The guard on large batches'); an exact strategy "
+                        "or Retrain suits a request this large."
+                    )
         if V is not None:  # the linearised change of each criterion: grad C^T (-H^-1 u)
             details["criterion_change_predicted"] = (-(V @ u)).tolist()
         details.update({
