@@ -119,3 +119,32 @@ def test_e8_reports_a_diverged_request_as_a_failure_and_finishes(tmp_path, monke
     retrain = next(r for r in rows if r["strategy"] == "retrain"
                    and r["forget_set"] == _kinds_e8.SUMMARY)
     assert retrain["avg_gap"] == 0.0
+
+
+def test_the_e8_summary_reads_a_run_cut_short_from_its_log():
+    # benchmarks/summarise_e8.py --log: the JSON is written only at the end of a run
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "summarise_e8.py"
+    spec = importlib.util.spec_from_file_location("summarise_e8", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = """
+      seed 0 retrain random: UA 0.0200 (retrain 0.0200), TA 0.9776, request 24.00 s,
+    evaluation 69.8 s
+      seed 0 finetune random: UA 0.0250 (retrain 0.0200), TA 0.9764, request
+    12.00 s, evaluation 34.8 s
+      seed 0 scrub random: diverged (scrub: forgetting 5923 samples gave a broken
+    model)
+      seed 1 retrain random: UA 0.0300 (retrain 0.0300), TA 0.9700, request 20.00 s,
+    """
+    rows = module.rows_from_log(log)
+    assert [(r["seed"], r["strategy"], r["diverged"]) for r in rows] == [
+        (0, "retrain", False), (0, "finetune", False), (0, "scrub", True), (1, "retrain", False)]
+    finetune = rows[1]
+    assert finetune["TA_ref"] == 0.9776 and finetune["rel_time"] == 0.5
+    text = module.summarise_log(rows, 2.0, 1.0)
+    assert "seeds with every strategy: [0]" in text
+    assert "finetune         UA gap   +0.50  TA gap   -0.12" in text and "pass" in text
+    assert "scrub            diverged on seeds [0]" in text
