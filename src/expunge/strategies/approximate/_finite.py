@@ -14,7 +14,7 @@ from torch import nn
 from expunge.exceptions import DivergedError
 
 
-def require_finite(module: nn.Module, strategy: object, n_forgotten: int,
+def require_finite(module: nn.Module, method: str, n_forgotten: int,
                    inputs: torch.Tensor | None = None) -> None:
     """Raise :class:`DivergedError` if a parameter, or the output on ``inputs``, is not
     finite (parameters can stay finite while the logits overflow).
@@ -23,7 +23,6 @@ def require_finite(module: nn.Module, strategy: object, n_forgotten: int,
     passes the forgotten samples: a model that diverged while unlearning them breaks
     there first).
     """
-    method = getattr(strategy, "name", type(strategy).__name__)
     where = None
     for name, tensor in module.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

@@ -350,7 +350,7 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
             outcome = self._unlearn(request)
         request.module.eval()
         # before anything is written
-        require_finite(request.module, self, len(ids), request.forget.inputs())
+        require_finite(request.module, self.name, len(ids), request.forget.inputs())
         details = {"method_seconds": time.perf_counter() - started, **outcome.details}
         new = PatchModel(
             request.module, extra=fitted.extra if outcome.extra is None else outcome.extra,

@@ -164,7 +164,6 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
                 new_theta = result.theta
                 residuals += result.residuals
                 details["newton_step_sizes"] = result.step_sizes
-                details["newton_decrements"] = result.decrements
                 if first_step == "guarded" and result.step_sizes[0] < 1.0:
                     warn_approximation(
                         f"{type(strategy).__name__}: forgetting {m} of {n} training samples "

@@ -348,7 +348,8 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
     def corrects(m: int, n_train: int) -> bool:
         """Whether forgetting ``m`` of ``n_train`` is a batch large enough for the network's
         curvature to bend the first-order step (:data:`CORRECTION_FRACTION`): its first
-        step is line-searched, and ``newton_steps="auto"`` adds a corrective step."""
+        step is guarded (``retained_guard``), and ``newton_steps="auto"`` adds a
+        corrective step."""
         return m > 1 and m >= CORRECTION_FRACTION * n_train
 
     def point_steps(self, m: int, n_train: int) -> int:
@@ -560,7 +561,7 @@ class PUMA(TrainingRecipe, UnlearningStrategy):
         assert isinstance(fitted, PumaModel)
         new_model, details = _request.forget(self, fitted, ids, retained, progress)
         # before anything is written
-        require_finite(new_model.module, self, len(ids), self.data_.select(ids).inputs())
+        require_finite(new_model.module, self.name, len(ids), self.data_.select(ids).inputs())
         started = time.perf_counter()
         new_model.write(store)  # the model and the recomputed buckets (new blob names)
         seconds = details["seconds"]
