@@ -1,12 +1,15 @@
-"""What one request costs in writing the retained data: 16 id-keyed buckets vs one blob.
+"""What one request costs in writing the retained data: 16 id-keyed buckets, compressed
+(today) or not, vs one blob (the first layout).
 
     .venv/bin/python benchmarks/measure_stored_data.py --data-root ../shared/datasets/mnist
 
 Every ``forget`` must leave on disk exactly the retained training data. Before buckets, the
-whole dataset was one blob, copied and fsynced on every request (188 MB for MNIST). This
-writes MNIST once both ways, then removes one id ``--repeats`` times and times the write of
-the new retained data, side by side in one process (one configuration after the other,
-alternating; medians). Prints a markdown table.
+whole dataset was one blob, copied and fsynced on every request (188 MB for MNIST); with
+buckets a request rewrites the buckets it touches (one for one id, all 16 for a random 1 %
+batch); with compression each rewritten bucket is one zstd frame (``store/_blobs.py``).
+This writes MNIST once in each layout, then serves ``--repeats`` requests of one id and of
+1 % of the ids, timing the write of the new retained data side by side in one process (the
+layouts alternate within each request; medians, one thread). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -16,19 +19,30 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from expunge.data import load_dataset
+from expunge.data import IndexedDataset, load_dataset
 from expunge.store import DirectoryStore
 from expunge.strategies._stored_data import write_training_data
 
 
-def _one_blob(store: DirectoryStore, data, name: str) -> None:
+class UncompressedStore(DirectoryStore):
+    """The store as it wrote data before compression (plain safetensors buckets)."""
+
+    def write_blob(self, name: str, tensors: Any, metadata: Any = None, *,
+                   shared: bool = False, compress: bool = False) -> None:
+        super().write_blob(name, tensors, metadata, shared=shared, compress=False)
+
+
+def _one_blob(store: DirectoryStore, data: IndexedDataset, positions: np.ndarray,
+              name: str) -> list[str]:
     """The layout before buckets: every row in one blob, rewritten on every request."""
     store.write_blob(name, {"X": data.X, "y": data.y, "ids": torch.from_numpy(data.ids.copy())},
                      {"n_classes": str(data.n_classes)}, shared=True)
+    return [name]
 
 
 def main() -> None:
@@ -38,35 +52,46 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     train, _ = load_dataset("mnist", root=args.data_root)
-    positions = np.arange(len(train), dtype=np.int64)
-    times: dict[str, list[float]] = {"16 buckets": [], "one blob": []}
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        buckets = DirectoryStore(Path(tmp) / "buckets", create=True)
-        single = DirectoryStore(Path(tmp) / "single", create=True)
-        for store in (buckets, single):  # blob writes record keyed digests: a key first
+        stores = {"16 buckets, zstd (today)": DirectoryStore(Path(tmp) / "zstd", create=True),
+                  "16 buckets, plain": UncompressedStore(Path(tmp) / "plain", create=True),
+                  "one blob, plain": UncompressedStore(Path(tmp) / "single", create=True)}
+        for store in stores.values():  # blob writes record keyed digests: a key first
             with store.writing():
                 store.ensure_key()
-        write_training_data(buckets, train, positions, "mnist")
-        _one_blob(single, train, "data/all-0")
-        data = train
-        for r in range(args.repeats):
-            keep = data.ids != data.ids[r * 997 % len(data)]
-            data, positions = data.where(keep), positions[keep]
-            started = time.perf_counter()
-            write_training_data(buckets, data, positions, "mnist")
-            times["16 buckets"].append(time.perf_counter() - started)
-            started = time.perf_counter()
-            _one_blob(single, data, f"data/all-{r + 1}")
-            times["one blob"].append(time.perf_counter() - started)
-        buckets.close()
-        single.close()
-    print(f"MNIST train ({len(train):,} rows, {train.X.numel() * 4 / 2**20:.0f} MB), "
-          f"one id removed per request, {args.repeats} requests, medians:\n")
-    print("| layout | seconds to write the retained data |\n|---|---|")
-    for name, values in times.items():
-        print(f"| {name} | {statistics.median(values):.3f} |")
-    ratio = statistics.median(times["one blob"]) / statistics.median(times["16 buckets"])
-    print(f"\nbuckets are {ratio:.1f}x faster per single-id request")
+        writers = {name: (lambda s, d, p, r: write_training_data(s, d, p, "mnist"))
+                   for name in stores}
+        writers["one blob, plain"] = lambda s, d, p, r: _one_blob(s, d, p, f"data/all-{r}")
+        times: dict[tuple[str, str], list[float]] = {}
+        sizes: dict[str, int] = {}
+        for request, fraction in (("one id", 0.0), ("1 % batch", 0.01)):
+            data, positions = train, np.arange(len(train), dtype=np.int64)
+            live: dict[str, list[str]] = {}
+            for name, store in stores.items():
+                live[name] = writers[name](store, data, positions, -1)
+            for r in range(args.repeats):
+                count = max(1, int(fraction * len(data)))
+                gone = rng.choice(data.ids, size=count, replace=False)
+                keep = ~np.isin(data.ids, gone)
+                data, positions = data.where(keep), positions[keep]
+                for name, store in stores.items():
+                    started = time.perf_counter()
+                    names = writers[name](store, data, positions, r)
+                    times.setdefault((name, request), []).append(time.perf_counter() - started)
+                    for old in set(live[name]) - set(names):  # what forget purges
+                        store.delete_blob(old)
+                    live[name] = names
+            for name, store in stores.items():
+                sizes[name] = sum(store.blob_size(b) for b in live[name])
+        for store in stores.values():
+            store.close()
+    print(f"MNIST train ({len(train):,} rows, {train.X.numel() * 4 / 2**20:.0f} MB as float32), "
+          f"{args.repeats} requests of each size, medians, one thread:\n")
+    print("| layout | one id (s) | 1 % batch (s) | retained data on disk (MB) |\n|---|---|---|---|")
+    for name in stores:
+        print(f"| {name} | {statistics.median(times[(name, 'one id')]):.3f} | "
+              f"{statistics.median(times[(name, '1 % batch')]):.3f} | {sizes[name] / 2**20:.1f} |")
 
 
 if __name__ == "__main__":

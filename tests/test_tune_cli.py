@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from expunge.cli import main
 
 
@@ -18,3 +21,55 @@ def test_tune_refuses_a_spec_of_another_kind(tmp_path, capsys):
     spec = spec_dir() / "e3_membership.toml"
     assert main(["tune", "--spec", str(spec), "--out", str(tmp_path)]) == 2
     assert "not a tuning spec" in capsys.readouterr().err
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "full"
+ROUNDS = [RESULTS / f"{name}.json" for name in
+          ("tune_baselines", "tune_baselines_round2", "tune_baselines_round3")]
+
+
+def test_the_shipped_defaults_are_the_points_the_protocol_chooses(capsys):
+    """The defaults in the code are what the rule of docs/baselines.md picks from the
+    stored tuning rounds: a default edited by hand, or a rule changed without re-choosing,
+    fails here (exit 1 names the method)."""
+    assert main(["tune", "--choose-from", *map(str, ROUNDS)]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "scrub: chosen" in out and "differs" not in out
+
+
+def _point(ua: float, ta: float, objective: float, seconds: float) -> dict:
+    return {"random_UA": ua, "random_TA": ta, "objective": objective,
+            "relative_time": seconds, "params": {}}
+
+
+def test_choose_prefers_acceptable_points_then_the_objective_then_the_cheaper():
+    from expunge.bench._kinds_tune import acceptable, choose
+
+    target = {"random": {"UA": 0.04, "TA": 0.936}}
+    rule = {"forget_set": "random", "UA": 0.02, "TA": 0.01}
+    over_forgets = _point(0.068, 0.925, 0.0239, 0.1)   # 2.8 points too many: not acceptable
+    costs_accuracy = _point(0.04, 0.90, 0.0300, 0.1)    # 3.6 points of test accuracy
+    edge = _point(0.06, 0.926, 0.0356, 0.2)             # exactly 2 and 1 points: acceptable
+    cheap_tie = _point(0.03, 0.93, 0.0360, 0.1)         # within 0.1 point of it, cheaper
+    worse = _point(0.04, 0.936, 0.0800, 0.01)
+    assert not acceptable(over_forgets, target, rule)
+    assert not acceptable(costs_accuracy, target, rule)
+    assert acceptable(edge, target, rule) and acceptable(cheap_tie, target, rule)
+    points = [over_forgets, costs_accuracy, edge, cheap_tie, worse]
+    assert choose(points, 0.001, target, rule) is cheap_tie
+    assert choose(points, 0.0, target, rule) is edge
+    assert choose(points, 0.001) is over_forgets            # no rule: the best objective
+    # no acceptable point: the best of all
+    assert choose([over_forgets, costs_accuracy], 0.001, target, rule) is over_forgets
+
+
+def test_choose_from_refuses_a_result_of_another_kind(tmp_path, capsys):
+    other = tmp_path / "e8.json"
+    other.write_text(json.dumps({"kind": "baselines", "rows": []}))
+    assert main(["tune", "--choose-from", str(other)]) == 2
+    assert "not a tuning run's" in capsys.readouterr().err
+
+
+def test_tune_without_out_or_choose_from_says_what_it_needs(capsys):
+    assert main(["tune", "ssd", "--quick"]) == 2
+    assert "needs --out FOLDER" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import expunge
 from expunge.exceptions import (
@@ -24,6 +24,7 @@ from expunge.exceptions import (
     StoreIntegrityError,
     StoreMismatchError,
 )
+from expunge.store import load_blob_file
 from expunge.store._integrity import StoreKey
 from expunge.store._layout import blob_path
 
@@ -166,11 +167,7 @@ def test_a_forgotten_sample_written_back_into_a_data_blob_is_detected(fitted, sm
     bucket = int(data_buckets(np.array([gone]))[0])
     name = blobs(path, f"data/train-{bucket:02d}-")[0]
     file = blob_path(path, name)
-    tensors = load_file(str(file))
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as handle:
-        metadata = handle.metadata()
+    tensors, metadata = load_blob_file(file)  # a compressed safetensors file
     tensors = {"X": torch.cat([tensors["X"], row.X]), "y": torch.cat([tensors["y"], row.y]),
                "ids": torch.cat([tensors["ids"], torch.tensor([gone])]),
                "positions": torch.cat([tensors["positions"], torch.tensor([0])])}

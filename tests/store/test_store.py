@@ -98,11 +98,11 @@ def test_interrupted_fit_resumes_and_reuses_checkpoints(small_digits, tmp_path):
     original = expunge.store.DirectoryStore.write_blob
     written: list[str] = []
 
-    def flaky(self, name, tensors, metadata=None, *, shared=False):
+    def flaky(self, name, tensors, metadata=None, **options):
         if len(written) == 4:
             raise Crash("power cut")
         written.append(name)
-        return original(self, name, tensors, metadata, shared=shared)
+        return original(self, name, tensors, metadata, **options)
 
     expunge.store.DirectoryStore.write_blob = flaky
     try:
@@ -207,3 +207,42 @@ def test_blob_encoding_is_valid_safetensors_and_round_trips_bitwise(dtype):
     # the same content the library writes (its bytes may order the header differently)
     reference = load(save({k: v.contiguous() for k, v in tensors.items()}))
     assert all(torch.equal(reference[k], loaded[k]) for k in tensors)
+
+
+def test_compressed_blobs_round_trip_and_uncompressed_ones_still_read(small_digits, tmp_path):
+    """``compress=True`` stores one zstd frame; the store (and ``load_blob_file``) reads it
+    and a plain safetensors blob alike, so stores written before compression still open."""
+    from expunge.store import load_blob_file
+    from expunge.store._blobs import ZSTD_MAGIC
+    from expunge.store._layout import blob_path
+
+    images = torch.zeros(64, 1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    images[:, :, 10:18, 10:18] = torch.rand(64, 1, 8, 8, generator=g)
+    tensors = {"X": images, "ids": torch.arange(64)}
+    model = expunge.SISA(**PARAMS, store=tmp_path / "s").fit(small_digits)
+    # the stored training data is compressed
+    data_blobs = [b for b in model.store_.list_blobs() if b.startswith("data/")]
+    assert data_blobs and all(blob_path(tmp_path / "s", b).read_bytes()[:4] == ZSTD_MAGIC
+                              for b in data_blobs)
+    store = model.store_
+    store.write_blob("data/packed", tensors, {"kind": "x"}, compress=True)
+    store.write_blob("data/plain", tensors, {"kind": "x"})
+    packed = blob_path(tmp_path / "s", "data/packed")
+    plain = blob_path(tmp_path / "s", "data/plain")
+    assert packed.read_bytes()[:4] == ZSTD_MAGIC and plain.read_bytes()[:4] != ZSTD_MAGIC
+    assert packed.stat().st_size * 5 < plain.stat().st_size  # mostly-zero images compress
+    for name, path in (("data/packed", packed), ("data/plain", plain)):
+        for back, metadata in (store.read_blob(name), load_blob_file(path)):
+            assert metadata == {"kind": "x"}
+            assert all(torch.equal(back[k], tensors[k]) for k in tensors), name
+    model.close()
+
+
+def test_a_truncated_compressed_blob_is_refused_by_name(tmp_path):
+    from expunge.exceptions import StoreIntegrityError
+    from expunge.store._blobs import decode, encode
+
+    data = encode({"X": torch.zeros(100, 100)}, compress=True)
+    with pytest.raises(StoreIntegrityError, match="where.bin.*truncated or corrupted"):
+        decode(data[: len(data) // 2], "where.bin")

@@ -177,7 +177,7 @@ def baselines(ctx: Context) -> dict[str, Any]:
         _evaluate_seed(seeded, forget_sets, caches.pop(seed), reports, seconds, diverged)
         for child in ctx.scratch.iterdir():  # this seed's fitted stores and copies
             shutil.rmtree(child, ignore_errors=True)
-    rows = []
+    rows: list[dict[str, Any]] = []
     reference = ctx.spec.reference
     for label, name in diverged.keys() - reports.keys():  # diverged on every seed
         rows.append({"strategy": label, "forget_set": name, "seeds": [],

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from expunge.store._atomic import atomic_write_bytes
+from expunge.store._blobs import load_blob_file
 from expunge.store._checkpoints import Checkpoint, pack, unpack
 from expunge.store._directory import DirectoryStore
 from expunge.store._integrity import StoreKey, ids_digest, verify_store
@@ -40,6 +41,7 @@ __all__ = [
     "WorkerMemoryStore",
     "atomic_write_bytes",
     "ids_digest",
+    "load_blob_file",
     "manifest_digest_of",
     "open_store",
     "pack",

@@ -146,7 +146,7 @@ class DirectoryStore(Store):
 
     # ---------------------------------------------------------------- blobs
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
+                   *, shared: bool = False, compress: bool = False) -> None:
         if name.startswith(CACHE_PREFIX) and not self._cache_write_allowed():
             return
         if self.write_hook is not None:
@@ -154,7 +154,7 @@ class DirectoryStore(Store):
         path = layout.blob_path(self.root, name)
         if path.exists():
             return
-        data = encode(tensors, metadata)
+        data = encode(tensors, metadata, compress=compress)
         digest = self.key.digest("blob", data)
         write_file(path, data)
         self._known[name] = digest

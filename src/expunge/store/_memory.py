@@ -42,7 +42,7 @@ class MemoryStore(Store):
         return "the manifest" if name == "manifest" else f"blob {name!r} of the in-memory store"
 
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
+                   *, shared: bool = False, compress: bool = False) -> None:
         if name.startswith(CACHE_PREFIX) and not self._cache_write_allowed():
             return
         if self.write_hook is not None:

@@ -85,11 +85,14 @@ class Store(ABC):
     # ------------------------------------------------------------------ blobs
     @abstractmethod
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
+                   *, shared: bool = False, compress: bool = False) -> None:
         """Store ``tensors`` under ``name`` atomically (a no-op if it exists already).
 
         ``shared=True`` promises the tensors will never be mutated, letting the memory
-        backend keep references instead of copies (used for the training data). A blob
+        backend keep references instead of copies (used for the training data).
+        ``compress=True`` stores the bytes in a zstd frame (a file store; the memory
+        backend keeps tensors): for data that compresses, such as images, it writes, syncs
+        and keys several times fewer bytes than it costs to compress them. A blob
         under ``cache/`` is written only while no other writer holds the store and this
         handle is at the committed head (a cache must never outlive a purge); otherwise the
         write is skipped.

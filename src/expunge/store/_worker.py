@@ -29,7 +29,7 @@ class BlobAccess(Protocol):
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]: ...
 
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None: ...
+                   *, shared: bool = False, compress: bool = False) -> None: ...
 
     def has_blob(self, name: str) -> bool: ...
 
@@ -72,10 +72,10 @@ class WorkerDirectoryStore:
         return decode(read_file(path, name, self.root, committed=False), str(path))
 
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
+                   *, shared: bool = False, compress: bool = False) -> None:
         path = layout.blob_path(self.root, name)
         if not path.exists():
-            write_file(path, encode(tensors, metadata))
+            write_file(path, encode(tensors, metadata, compress=compress))
 
 
 class WorkerMemoryStore:
@@ -101,7 +101,7 @@ class WorkerMemoryStore:
         return {k: v.clone() for k, v in tensors.items()}, dict(metadata)
 
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
-                   *, shared: bool = False) -> None:
+                   *, shared: bool = False, compress: bool = False) -> None:
         if name not in self._blobs:
             self._blobs[name] = (prepare(tensors), dict(metadata or {}))
         self.written.append(name)

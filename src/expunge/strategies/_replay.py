@@ -56,7 +56,7 @@ class _RecordingStore:
         return name in self.written or self._store.has_blob(name)
 
     def write_blob(self, name: str, tensors: Any, metadata: Any = None, *,
-                   shared: bool = False) -> None:
+                   shared: bool = False, compress: bool = False) -> None:
         self.written.add(name)
 
     def delete_blob(self, name: str) -> None:

@@ -104,7 +104,10 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
                 tensors["subject_hmac"] = torch.from_numpy(
                     np.ascontiguousarray(subject_hashes[rows]))
             store.write_blob(name, tensors, {"n_classes": str(data.n_classes), "bucket": str(b),
-                                             "transform": data.transform.spec()}, shared=True)
+                                             "transform": data.transform.spec()}, shared=True,
+                             # every request rewrites the buckets it touches: images
+                             # compress ~10x, for less time than writing the bytes saved
+                             compress=True)
         names.append(name)
     return names
 

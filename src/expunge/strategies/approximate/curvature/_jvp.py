@@ -27,11 +27,14 @@ def jvp(fn: Callable[[torch.Tensor], torch.Tensor], primal: torch.Tensor,
         if not out.requires_grad:  # fn does not depend on its input: J = 0
             return out.detach(), torch.zeros_like(out)
         u = torch.zeros_like(out, requires_grad=True)
-        (pulled,) = torch.autograd.grad(out, x, grad_outputs=u, create_graph=True,
+        # <out, u> and <pulled, tangent> as scalars rather than grad_outputs=: the same
+        # products (d<out, u>/d out is u exactly), but a tensor grad_outputs makes autograd
+        # import torch.fx's symbolic shapes (sympy, 0.5 s) on its first use in a process
+        (pulled,) = torch.autograd.grad((out * u).sum(), x, create_graph=True,
                                         allow_unused=True)
         if pulled is None or not pulled.requires_grad:  # J^T u independent of u: J = 0
             return out.detach(), torch.zeros_like(out)
-        (jv,) = torch.autograd.grad(pulled, u, grad_outputs=tangent.to(pulled.dtype),
+        (jv,) = torch.autograd.grad((pulled * tangent.to(pulled.dtype)).sum(), u,
                                     allow_unused=True)
     jv = torch.zeros_like(out) if jv is None else jv
     return out.detach(), jv.detach()
@@ -45,5 +48,5 @@ def hvp(f: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor,
         (g,) = torch.autograd.grad(f(x), x, create_graph=True)
         if not g.requires_grad:  # f is linear in theta: no curvature
             return torch.zeros_like(theta)
-        (hv,) = torch.autograd.grad(g, x, grad_outputs=v.to(g.dtype), allow_unused=True)
+        (hv,) = torch.autograd.grad((g * v.to(g.dtype)).sum(), x, allow_unused=True)
     return torch.zeros_like(theta) if hv is None else hv.detach()
