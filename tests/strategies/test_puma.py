@@ -531,11 +531,38 @@ def test_a_bucket_blob_packs_its_symmetric_factors_and_reads_back_bit_for_bit(di
     tensors, metadata = stats.to_blob()
     assert all(name.endswith(".triu") for name in tensors if name.startswith(("kfac.A",
                                                                               "kfac.G")))
+    # the first Linear sees the input: its A factor is the data's alone and not stored
+    assert stats.data_inputs == (0,) and not any(n.startswith("kfac.A.0") for n in tensors)
+    stored = [a for k, a in enumerate(stats.kfac.A) if k not in stats.data_inputs]
     for blob in (tensors, {**{k: v for k, v in tensors.items() if not k.endswith(".triu")},
-                           **stats.kfac.to_tensors("kfac.")}):  # packed, and the old layout
+                           **{k: v for k, v in stats.kfac.to_tensors("kfac.").items()
+                              if k != "kfac.A.0"}}):  # packed, and the old layout
         back = BucketStats.from_blob(blob, metadata)
-        for x, y in zip(back.kfac.A + back.kfac.G, stats.kfac.A + stats.kfac.G, strict=True):
+        assert back.missing_inputs and back.kfac.A[0].numel() == 0
+        kept = [a for k, a in enumerate(back.kfac.A) if k not in back.data_inputs]
+        for x, y in zip(kept + back.kfac.G, stored + stats.kfac.G, strict=True):
             assert torch.equal(x, y) and torch.equal(x, x.T)
+
+
+def test_a_reopened_cache_recomputes_the_data_only_factors_bit_for_bit(digits, tmp_path):
+    """What is not stored is recomputed from the stored data, with the same bits; a cache
+    used before that refuses instead of summing a placeholder."""
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}}
+    m = PUMA(**params, store=tmp_path / "s").fit(train)
+    live = {b: st.kfac.A[0].clone() for b, st in m.fitted_.cache.buckets.items()}
+    m.close()
+    reopened = expunge.open(tmp_path / "s")
+    cache = reopened.fitted_.cache
+    assert all(st.missing_inputs for st in cache.buckets.values())
+    with pytest.raises(RuntimeError, match="not filled"):
+        cache.totals()
+    lin = Linearisation(reopened, reopened.fitted_.module, reopened.training_data,
+                        reopened.fitted_.val_ids, (), sample_fraction=cache.sample_fraction)
+    lin.fill_cache(cache)
+    assert all(torch.equal(cache.buckets[b].kfac.A[0], a) for b, a in live.items())
+    reopened.close()
 
 
 def _bucket_rows(lin):

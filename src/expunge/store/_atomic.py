@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from expunge.store._fs import file_mode
@@ -50,11 +50,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
-def write_all(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` (the one place store bytes reach the disk; tests patch it)."""
+def write_all(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
+    """Write ``data`` (or its consecutive parts) to ``path`` (the one place store bytes
+    reach the disk; tests patch it)."""
     with open(path, "wb") as handle:
-        handle.write(data)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            handle.write(data)
+        else:
+            handle.writelines(data)
 
 
-def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
+def atomic_write_bytes(path: Path,
+                       data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
     atomic_write(path, lambda tmp: write_all(tmp, data))

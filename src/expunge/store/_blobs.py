@@ -48,31 +48,48 @@ _CODES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: 
           torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
 
 
+Part = bytes | memoryview
+
+
 def encode(tensors: Tensors, metadata: Metadata | None = None, *,
            compress: bool = False) -> bytes:
     """The safetensors bytes of ``tensors`` with string ``metadata`` (in a zstd frame with
-    ``compress=True``).
+    ``compress=True``): :func:`encode_parts` joined."""
+    return b"".join(encode_parts(tensors, metadata, compress=compress))
 
-    Written here rather than by ``safetensors.torch.save``, which copies each tensor
-    several times on the way to its bytes (12 ms for a 2.7 MB data bucket against 1.7 ms
-    here): the layout is the format's own (an 8-byte little-endian header length, the JSON
-    header padded with spaces to 8 bytes, the tensors' bytes back to back in the header's
-    order), and every blob is read back by the safetensors library, which validates it.
+
+def encode_parts(tensors: Tensors, metadata: Metadata | None = None, *,
+                 compress: bool = False) -> list[Part]:
+    """The blob's bytes as consecutive parts, not joined: the keyed digest and the file
+    write take them in turn, so a large blob is not copied once more into one buffer
+    (~45 ms for the 90 MB a 1 % PUMA request on MNIST writes). The parts view the tensors'
+    memory (contiguous copies where a tensor is not): write them before changing those.
+
+    The safetensors layout is written here rather than by ``safetensors.torch.save``,
+    which copies each tensor several times on the way to its bytes (12 ms for a 2.7 MB data
+    bucket against 1.7 ms here): the format's own (an 8-byte little-endian header length,
+    the JSON header padded with spaces to 8 bytes, the tensors' bytes back to back in the
+    header's order), and every blob is read back by the safetensors library, which
+    validates it.
     """
-    data = _safetensors_bytes(tensors, metadata)
-    if compress:
-        # content size in the frame header: the reader allocates the output exactly once
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True
-                                        ).compress(data)
-    return data
+    parts = _safetensors_parts(tensors, metadata)
+    if not compress:
+        return parts
+    size = sum(len(part) for part in parts)
+    # content size in the frame header: the reader allocates the output exactly once
+    stream = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True
+                                      ).compressobj(size=size)
+    frame = [stream.compress(part) for part in parts]
+    frame.append(stream.flush())
+    return [b"".join(frame)]
 
 
-def _safetensors_bytes(tensors: Tensors, metadata: Metadata | None) -> bytes:
+def _safetensors_parts(tensors: Tensors, metadata: Metadata | None) -> list[Part]:
     if sys.byteorder != "little" or any(
             t.dtype not in _CODES for t in tensors.values()):  # pragma: no cover
-        return save_safetensors(prepare(tensors), metadata=dict(metadata or {}))
+        return [save_safetensors(prepare(tensors), metadata=dict(metadata or {}))]
     header: dict[str, object] = {}
-    chunks: list[memoryview | bytes] = []
+    chunks: list[Part] = []
     offset = 0
     for key in sorted(tensors):
         tensor = tensors[key].detach().cpu().contiguous()
@@ -87,8 +104,7 @@ def _safetensors_bytes(tensors: Tensors, metadata: Metadata | None) -> bytes:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    # b"".join copies each tensor's bytes once, into the result: nothing aliases the tensors
-    return b"".join([len(text).to_bytes(8, "little"), text, *chunks])
+    return [len(text).to_bytes(8, "little") + text, *chunks]
 
 
 def _metadata(data: bytes, where: str) -> Metadata:
@@ -152,7 +168,8 @@ def read_file(path: Path, name: str, root: Path, *, committed: bool) -> bytes:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+def write_file(path: Path, data: bytes | list[Part]) -> None:
+    """Write ``data`` (bytes, or consecutive parts) to ``path`` atomically (temp file,
+    fsync, rename)."""
     with os_errors("write", path):
         atomic_write_bytes(path, data)

@@ -20,7 +20,7 @@ from typing import Any
 from expunge.exceptions import StoreError, StoreIntegrityError
 from expunge.store import _layout as layout
 from expunge.store._atomic import atomic_write_bytes
-from expunge.store._blobs import decode, encode, read_file, write_file
+from expunge.store._blobs import decode, encode_parts, read_file, write_file
 from expunge.store._fs import file_mode, os_errors, sqlite_errors
 from expunge.store._integrity import CHUNK, StoreKey
 from expunge.store._ledger import SCHEMA
@@ -154,9 +154,9 @@ class DirectoryStore(Store):
         path = layout.blob_path(self.root, name)
         if path.exists():
             return
-        data = encode(tensors, metadata, compress=compress)
-        digest = self.key.digest("blob", data)
-        write_file(path, data)
+        parts = encode_parts(tensors, metadata, compress=compress)
+        digest = self.key.digest("blob", *parts)
+        write_file(path, parts)
         self._known[name] = digest
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:

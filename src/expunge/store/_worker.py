@@ -19,7 +19,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from expunge.exceptions import StoreError
 from expunge.store import _layout as layout
-from expunge.store._blobs import Metadata, Tensors, decode, encode, prepare, read_file, write_file
+from expunge.store._blobs import (
+    Metadata,
+    Tensors,
+    decode,
+    encode_parts,
+    prepare,
+    read_file,
+    write_file,
+)
 
 
 @runtime_checkable
@@ -75,7 +83,7 @@ class WorkerDirectoryStore:
                    *, shared: bool = False, compress: bool = False) -> None:
         path = layout.blob_path(self.root, name)
         if not path.exists():
-            write_file(path, encode(tensors, metadata, compress=compress))
+            write_file(path, encode_parts(tensors, metadata, compress=compress))
 
 
 class WorkerMemoryStore:

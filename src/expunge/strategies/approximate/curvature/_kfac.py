@@ -29,7 +29,7 @@ Kronecker model and for any ``delta`` without refactoring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -267,10 +267,13 @@ def kfac_factors_and_gradient(
     curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: torch.Tensor,
     rows: torch.Tensor | np.ndarray, weights: torch.Tensor | np.ndarray | float | None = None,
     *, theta: torch.Tensor | None = None, gradient: bool = True,
-    progress: Progress = NO_PROGRESS, task: int | None = None,
+    skip_inputs: Collection[int] = (), progress: Progress = NO_PROGRESS,
+    task: int | None = None,
 ) -> tuple[KFACFactors, torch.Tensor | None]:
     """:func:`kfac_factors` and, from the same forward pass, ``sum_i w_i grad CE_i``
-    (one more backward pass instead of a separate gradient pass)."""
+    (one more backward pass instead of a separate gradient pass). The ``A`` factors of
+    the layers in ``skip_inputs`` are left at zero (their caller computes them apart,
+    :func:`input_factor_sums`)."""
     theta = curv.theta if theta is None else theta
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
     if weights is None:
@@ -287,6 +290,8 @@ def kfac_factors_and_gradient(
             total += float(wc.sum())
             z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
             for k, lay in enumerate(layers):
+                if k in skip_inputs:
+                    continue
                 a = lay.inputs(inputs[k])  # (B, T, in)
                 flat = a.reshape(-1, a.shape[2])
                 w_rows = wc.repeat_interleave(a.shape[1])
@@ -306,6 +311,48 @@ def kfac_factors_and_gradient(
             progress.advance(task, int(chunk.shape[0]))
     factors.weight = total
     return factors, grad_sum
+
+
+def parameter_free_inputs(curv: LossCurvature, layers: Sequence[KFACLayer],
+                          probe: torch.Tensor) -> tuple[int, ...]:
+    """The layers whose input does not depend on any parameter in scope (the network's
+    input, or a parameter-free transform of it: the first ``Linear`` after ``Flatten``, the
+    first convolution). Their ``A`` factors are functions of the data alone. Decided by
+    autograd on one forward pass over ``probe`` rows: an input that needs no gradient
+    with respect to the parameters does not depend on them."""
+    flags: dict[int, bool] = {}
+    handles = [lay.module.register_forward_hook(
+        lambda mod, inp, out, k=k: flags.__setitem__(k, bool(inp[0].requires_grad)))
+        for k, lay in enumerate(layers)]
+    try:
+        at = curv.theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            curv.logits(probe, at)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return tuple(k for k in range(len(layers)) if not flags.get(k, True))
+
+
+def input_factor_sums(curv: LossCurvature, layers: Sequence[KFACLayer], which: Sequence[int],
+                      rows: torch.Tensor | np.ndarray) -> dict[int, torch.Tensor]:
+    """``A_k = sum over rows of sum_t a_t a_t^T`` (weight 1 per row) for the layers
+    ``which``, from forward passes without gradients; for the layers of
+    :func:`parameter_free_inputs` this is a function of the rows alone. Cost: one forward
+    pass over ``rows`` plus the outer products."""
+    sums = {k: torch.zeros(layers[k].in_dim, layers[k].in_dim, dtype=curv.dtype)
+            for k in which}
+    rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+    if not sums or rows_t.numel() == 0:
+        return sums
+    with torch.no_grad():
+        for start in range(0, rows_t.shape[0], curv.chunk_size):
+            chunk = rows_t[start:start + curv.chunk_size]
+            _, inputs, _, _ = capture_layers(curv, layers, chunk, curv.theta.detach())
+            for k in which:
+                flat = layers[k].inputs(inputs[k]).reshape(-1, layers[k].in_dim)
+                sums[k] += flat.T @ flat
+    return sums
 
 
 # ============================================================================= inverse

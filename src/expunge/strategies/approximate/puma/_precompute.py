@@ -26,6 +26,7 @@ from expunge.strategies.approximate.curvature import (
     LossCurvature,
     calibrate_damping,
     kfac_layers,
+    parameter_free_inputs,
     warn_approximation,
 )
 from expunge.strategies.approximate.puma._cache import (
@@ -90,8 +91,18 @@ class Linearisation:
         self.criterion_rows = crit
         self.layers: list[KFACLayer] | None = None
         self.uncovered = torch.zeros(self.curv.size, dtype=torch.bool)
+        #: layers whose A factor is a function of the data alone (not stored)
+        self.data_inputs: tuple[int, ...] = ()
         if strategy.needs_kfac:
             self.layers, self.uncovered = kfac_layers(self.curv)
+            if len(self.train_rows):
+                self.data_inputs = parameter_free_inputs(
+                    self.curv, self.layers, torch.as_tensor(self.train_rows[:1]))
+
+    def fill_cache(self, cache: PumaCache) -> None:
+        """Recompute what a read cache left out (its data-only factors) from this data,
+        which must be the data its buckets were computed on."""
+        cache.fill_inputs(self.curv, self.layers, self.data.ids, self.sample_rows)
 
     def bucket_stats(self, fingerprint: str, generation: int,
                      only: Iterable[int] | None = None, progress: Progress = NO_PROGRESS,
@@ -109,8 +120,10 @@ class Linearisation:
                              f"({len(rows)} id-buckets)", total)
         with_kfac = self.layers is not None
         return {b: compute_bucket(self.curv, self.layers, self.uncovered, b, r,
-                                  key=r.key(self.data.ids, fingerprint, with_kfac),
-                                  generation=generation, progress=progress, task=task)
+                                  key=r.key(self.data.ids, fingerprint, with_kfac,
+                                            self.data_inputs),
+                                  generation=generation, data_inputs=self.data_inputs,
+                                  progress=progress, task=task)
                 for b, r in rows.items()}
 
 

@@ -87,6 +87,7 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
     # criterion set (forgotten and removed-class samples left out)
     lin = Linearisation(strategy, fitted.module, data, fitted.val_ids, removed,
                         criterion_ids=new_val, sample_fraction=cache.sample_fraction)
+    lin.fill_cache(cache)  # a reopened store's data-only factors, once
     if strategy.reweights and len(lin.criterion_rows) == 0:
         raise InvalidRequestError(
             "After this request PUMA's criterion set would be empty (every validation "

@@ -56,6 +56,7 @@ def _compute(strategy: PUMA, fitted: PumaModel) -> tuple[np.ndarray, np.ndarray]
     assert cache is not None
     lin = Linearisation(strategy, fitted.module, strategy.data_, fitted.val_ids,
                         fitted.removed_classes, sample_fraction=cache.sample_fraction)
+    lin.fill_cache(cache)
     if len(lin.criterion_rows) == 0:
         raise UnsupportedModelError(
             "harmfulness_scores needs validation samples for the criterion; this model has "
