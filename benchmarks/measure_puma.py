@@ -222,6 +222,18 @@ def requests_part(name: str, train: IndexedDataset, test: IndexedDataset,
                                **{k: v for k, v in result.items() if k != "report"}}
         model.close()
     gap = res["batch_puma"]["test_after"] - res["batch_retrain"]["test_after"]
+    # one ~1 s request is noisy on a shared VM (the same request measured 1.06 s and 1.45 s
+    # in two runs minutes apart): PUMA's 1 % batch is timed on two more id sets too, each
+    # on a fresh copy, and the target row and the breakdown use the median request
+    repeats = [batch_results["puma"]]
+    for seed in (1, 2):
+        model = stores.copy(f"{name}-puma")
+        repeats.append(timed_forget(model, random_forget_ids(train, fraction=0.01, seed=seed)))
+        model.close()
+    batch_results["puma"] = sorted(repeats, key=lambda r: r["seconds"])[1]
+    res["batch_puma_repeats"] = [r["seconds"] for r in repeats]
+    res["batch_puma"]["seconds"] = batch_results["puma"]["seconds"]
+    res["batch_puma"]["strategy"] = batch_results["puma"]["strategy"]
 
     print(f"\n### {name}: targets (ratios to a Retrain fit of {t_retrain:.1f} s, same run)\n")
     print(table(["target", "measured", "goal"], [
@@ -232,7 +244,8 @@ def requests_part(name: str, train: IndexedDataset, test: IndexedDataset,
         ["... requests whose id is in the curvature sample", f"{len(touched)} of {n_singles}"
          + (f", median {statistics.median(r['seconds'] for r in touched) * 1000:.0f} ms"
             if touched else ""), ""],
-        ["1 % batch, whole `forget`", f"{res['batch_puma']['seconds']:.2f} s = "
+        ["1 % batch (median of 3 id sets), whole `forget`",
+         f"{res['batch_puma']['seconds']:.2f} s = "
          f"{100 * res['batch_puma']['seconds'] / t_retrain:.2f} %", "<= 5 %"],
         ["... PUMA's own work", f"{res['batch_puma']['strategy']:.2f} s = "
          f"{100 * res['batch_puma']['strategy'] / t_retrain:.2f} %", ""],
