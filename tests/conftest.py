@@ -66,3 +66,24 @@ def _every_exact_request_matches_its_preview(monkeypatch: pytest.MonkeyPatch) ->
         return report
 
     monkeypatch.setattr(UnlearningStrategy, "_apply_forget", checked)
+
+
+def _readable_contents(path: Path) -> list[bytes]:
+    """A file's bytes and, for a zstd frame (the stored training data is compressed),
+    what it decompresses to: what anyone reading the file can see."""
+    import zstandard
+
+    from expunge.store._blobs import ZSTD_MAGIC
+
+    data = path.read_bytes()
+    if data[:4] == ZSTD_MAGIC:
+        return [data, zstandard.ZstdDecompressor().decompress(data)]
+    return [data]
+
+
+@pytest.fixture
+def readable_contents():
+    """``path -> [bytes, ...]``: a file's bytes, and a compressed blob's content too, for
+    checks that something never reaches the disk (they must not pass because the bytes
+    are compressed)."""
+    return _readable_contents

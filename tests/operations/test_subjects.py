@@ -93,7 +93,7 @@ def test_exactness_holds_for_a_subject_request(small_digits):
     assert m.fingerprint() == twin.fingerprint()
 
 
-def test_no_subject_key_reaches_the_disk(small_digits, tmp_path):
+def test_no_subject_key_reaches_the_disk(small_digits, tmp_path, readable_contents):
     data = with_subjects(small_digits)
     m = make("sisa", store=tmp_path / "s").fit(data)
     m.forget_subject("person-1@example.org")
@@ -101,7 +101,7 @@ def test_no_subject_key_reaches_the_disk(small_digits, tmp_path):
     m.close()
     for path in (tmp_path / "s").rglob("*"):
         if path.is_file():
-            assert b"example.org" not in path.read_bytes(), path
+            assert all(b"example.org" not in c for c in readable_contents(path)), path
     # the hashes depend on the store's secret: another store gives other hashes
     other = make("sisa", store=tmp_path / "t").fit(data)
     first = expunge.open(tmp_path / "s")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import expunge
-from expunge.bench import load_spec, run_experiment, spec_dir
+from expunge.bench import choose_over_rounds, load_spec, run_experiment, spec_dir
 from expunge.cli._common import console
 from expunge.exceptions import InvalidParameterError
 
@@ -49,8 +49,6 @@ def _defaults(label: str, names: Any) -> dict[str, Any]:
 
 
 def _choose_from(args: argparse.Namespace, spec: Any, out: Any) -> int:
-    from expunge.bench._kinds_tune import choose_over_rounds
-
     results = []
     for name in args.choose_from:
         try:
