@@ -56,11 +56,13 @@ def test_choose_prefers_acceptable_points_then_the_objective_then_the_cheaper():
     assert not acceptable(costs_accuracy, target, rule)
     assert acceptable(edge, target, rule) and acceptable(cheap_tie, target, rule)
     points = [over_forgets, costs_accuracy, edge, cheap_tie, worse]
-    assert choose(points, 0.001, target, rule) is cheap_tie
-    assert choose(points, 0.0, target, rule) is edge
-    assert choose(points, 0.001) is over_forgets            # no rule: the best objective
+    assert choose(points, 0.001) is over_forgets            # unmarked: the best objective
+    for point in points:
+        point["acceptable"] = acceptable(point, target, rule)
+    assert choose(points, 0.001) is cheap_tie
+    assert choose(points, 0.0) is edge
     # no acceptable point: the best of all
-    assert choose([over_forgets, costs_accuracy], 0.001, target, rule) is over_forgets
+    assert choose([over_forgets, costs_accuracy], 0.001) is over_forgets
 
 
 def test_choose_from_refuses_a_result_of_another_kind(tmp_path, capsys):

@@ -133,14 +133,11 @@ def acceptable(point: dict[str, Any], target: dict[str, dict[str, float]],
                <= float(rule[metric]) + _SLACK for metric in ("UA", "TA") if metric in rule)
 
 
-def choose(points: list[dict[str, Any]], tie: float,
-           target: dict[str, dict[str, float]] | None = None,
-           rule: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The best objective among the acceptable points (among all when none is, or
-    without ``rule``); within ``tie`` of it, the cheapest request. A point may carry its
-    own ``target`` (points pooled from several runs)."""
-    pool = [p for p in points if acceptable(p, p.get("target", target) or {}, rule)]
-    pool = pool or points
+def choose(points: list[dict[str, Any]], tie: float) -> dict[str, Any]:
+    """The best objective among the points marked ``acceptable`` (:func:`acceptable`;
+    among all when none is, or no point is marked); within ``tie`` of it, the cheapest
+    request."""
+    pool = [p for p in points if p.get("acceptable", True)] or points
     best = min(p["objective"] for p in pool)
     close = [p for p in pool if p["objective"] <= best + tie]
     return min(close, key=lambda p: (p["relative_time"], p["objective"]))
@@ -158,7 +155,7 @@ def choose_over_rounds(results: list[dict[str, Any]], tie: float,
                 pooled.setdefault(row["strategy"], []).append(
                     {**point, "target": row["target"], "run": result.get("name", "?"),
                      "acceptable": acceptable(point, row["target"], rule)})
-    return {label: choose(points, tie, rule=rule) for label, points in pooled.items()}
+    return {label: choose(points, tie) for label, points in pooled.items()}
 
 
 def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
@@ -210,7 +207,7 @@ def tune(ctx: Context) -> dict[str, Any]:
                     f"time {100 * points[-1]['relative_time']:.1f} %")
         for point in points:
             point["acceptable"] = acceptable(point, problem.target, rule)
-        chosen = choose(points, tie, problem.target, rule)
+        chosen = choose(points, tie)
         rows.append({"strategy": label, "chosen": ", ".join(
             f"{k}={v}" for k, v in chosen["params"].items()), "chosen_params": chosen["params"],
             **{k: v for k, v in chosen.items() if k != "params"}, "n_points": len(points),

@@ -29,7 +29,7 @@ Kronecker model and for any ``delta`` without refactoring.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -263,17 +263,34 @@ def kfac_factors(curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: to
                                      gradient=False, progress=progress, task=task)[0]
 
 
+def _pass_chunks(curv: LossCurvature, layers: Sequence[KFACLayer], rows_t: torch.Tensor,
+                 weights: torch.Tensor | np.ndarray | float, theta: torch.Tensor
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, weights)`` of each K-FAC pass: the operator's chunks, cut further so that
+    the K batched copies of the largest layer output stay near :data:`PASS_FLOATS`. The
+    one chunking of every factor sum, so that sums over the same rows have the same bits."""
+    for big, big_w in curv.rows_chunks(rows_t, weights):
+        step = _rows_per_pass(curv, layers, big[:1], theta)
+        for start in range(0, big.shape[0], step):
+            yield big[start:start + step], big_w[start:start + step]
+
+
+def _input_outer(layer: KFACLayer, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_i w_i sum_t a_it a_it^T`` of one pass's captured layer input ``x``."""
+    a = layer.inputs(x)  # (B, T, in)
+    flat = a.reshape(-1, a.shape[2])
+    w_rows = weights.repeat_interleave(a.shape[1])
+    return (flat * w_rows[:, None]).T @ flat
+
+
 def kfac_factors_and_gradient(
     curv: LossCurvature, layers: Sequence[KFACLayer], uncovered: torch.Tensor,
     rows: torch.Tensor | np.ndarray, weights: torch.Tensor | np.ndarray | float | None = None,
     *, theta: torch.Tensor | None = None, gradient: bool = True,
-    skip_inputs: Collection[int] = (), progress: Progress = NO_PROGRESS,
-    task: int | None = None,
+    progress: Progress = NO_PROGRESS, task: int | None = None,
 ) -> tuple[KFACFactors, torch.Tensor | None]:
     """:func:`kfac_factors` and, from the same forward pass, ``sum_i w_i grad CE_i``
-    (one more backward pass instead of a separate gradient pass). The ``A`` factors of
-    the layers in ``skip_inputs`` are left at zero (their caller computes them apart,
-    :func:`input_factor_sums`)."""
+    (one more backward pass instead of a separate gradient pass)."""
     theta = curv.theta if theta is None else theta
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
     if weights is None:
@@ -281,34 +298,25 @@ def kfac_factors_and_gradient(
     factors = KFACFactors.zeros(layers, int(uncovered.sum()), curv.dtype)
     grad_sum = torch.zeros_like(theta) if gradient else None
     total = 0.0
-    for big, big_w in curv.rows_chunks(rows_t, weights):
-        # the K backward passes run as one batched pass (K cotangents at once): a chunk of
-        # rows is cut so that the K copies of the largest layer output stay near 16M floats
-        step = _rows_per_pass(curv, layers, big[:1], theta)
-        for start in range(0, big.shape[0], step):
-            chunk, wc = big[start:start + step], big_w[start:start + step]
-            total += float(wc.sum())
-            z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
-            for k, lay in enumerate(layers):
-                if k in skip_inputs:
-                    continue
-                a = lay.inputs(inputs[k])  # (B, T, in)
-                flat = a.reshape(-1, a.shape[2])
-                w_rows = wc.repeat_interleave(a.shape[1])
-                factors.A[k] += (flat * w_rows[:, None]).T @ flat
-            if layers:
-                for k, (lay, g_all) in enumerate(zip(layers, output_derivatives(
-                        z, outputs, output_hessian_roots(z), keep_graph=gradient), strict=True)):
-                    g = lay.outputs(g_all.flatten(0, 1))  # (K B, T, out)
-                    flat = g.reshape(-1, g.shape[2])
-                    w_rows = (wc / g.shape[1]).repeat(g_all.shape[0]).repeat_interleave(g.shape[1])
-                    factors.G[k] += (flat * w_rows[:, None]).T @ flat
-            if grad_sum is not None:
-                loss = (wc * F.cross_entropy(z, curv.y[chunk], reduction="none")).sum()
-                grad_sum += torch.autograd.grad(loss, at)[0]
-            if bool(uncovered.any()):
-                factors.diagonal += diagonal_ggn(curv, chunk, wc, theta=theta)[uncovered]
-            progress.advance(task, int(chunk.shape[0]))
+    # the K backward passes run as one batched pass (K cotangents at once)
+    for chunk, wc in _pass_chunks(curv, layers, rows_t, weights, theta):
+        total += float(wc.sum())
+        z, inputs, outputs, at = capture_layers(curv, layers, chunk, theta)
+        for k, lay in enumerate(layers):
+            factors.A[k] += _input_outer(lay, inputs[k], wc)
+        if layers:
+            for k, (lay, g_all) in enumerate(zip(layers, output_derivatives(
+                    z, outputs, output_hessian_roots(z), keep_graph=gradient), strict=True)):
+                g = lay.outputs(g_all.flatten(0, 1))  # (K B, T, out)
+                flat = g.reshape(-1, g.shape[2])
+                w_rows = (wc / g.shape[1]).repeat(g_all.shape[0]).repeat_interleave(g.shape[1])
+                factors.G[k] += (flat * w_rows[:, None]).T @ flat
+        if grad_sum is not None:
+            loss = (wc * F.cross_entropy(z, curv.y[chunk], reduction="none")).sum()
+            grad_sum += torch.autograd.grad(loss, at)[0]
+        if bool(uncovered.any()):
+            factors.diagonal += diagonal_ggn(curv, chunk, wc, theta=theta)[uncovered]
+        progress.advance(task, int(chunk.shape[0]))
     factors.weight = total
     return factors, grad_sum
 
@@ -337,21 +345,21 @@ def parameter_free_inputs(curv: LossCurvature, layers: Sequence[KFACLayer],
 def input_factor_sums(curv: LossCurvature, layers: Sequence[KFACLayer], which: Sequence[int],
                       rows: torch.Tensor | np.ndarray) -> dict[int, torch.Tensor]:
     """``A_k = sum over rows of sum_t a_t a_t^T`` (weight 1 per row) for the layers
-    ``which``, from forward passes without gradients; for the layers of
-    :func:`parameter_free_inputs` this is a function of the rows alone. Cost: one forward
-    pass over ``rows`` plus the outer products."""
+    ``which``: the bits :func:`kfac_factors_and_gradient` gives over the same rows (the
+    same passes, :func:`_pass_chunks`), without its backward passes. For the layers of
+    :func:`parameter_free_inputs` a function of the rows alone. Cost: one forward pass over
+    ``rows`` plus the outer products."""
     sums = {k: torch.zeros(layers[k].in_dim, layers[k].in_dim, dtype=curv.dtype)
             for k in which}
     rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
     if not sums or rows_t.numel() == 0:
         return sums
-    with torch.no_grad():
-        for start in range(0, rows_t.shape[0], curv.chunk_size):
-            chunk = rows_t[start:start + curv.chunk_size]
-            _, inputs, _, _ = capture_layers(curv, layers, chunk, curv.theta.detach())
-            for k in which:
-                flat = layers[k].inputs(inputs[k]).reshape(-1, layers[k].in_dim)
-                sums[k] += flat.T @ flat
+    ones = torch.ones(rows_t.shape[0], dtype=curv.dtype)
+    theta = curv.theta.detach()
+    for chunk, wc in _pass_chunks(curv, layers, rows_t, ones, theta):
+        _, inputs, _, _ = capture_layers(curv, layers, chunk, theta)
+        for k in which:
+            sums[k] += _input_outer(layers[k], inputs[k], wc)
     return sums
 
 

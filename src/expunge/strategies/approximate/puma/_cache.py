@@ -200,7 +200,7 @@ def data_input_factors(curv: LossCurvature, layers: Sequence[KFACLayer],
                        data_inputs: Sequence[int], sample: np.ndarray
                        ) -> dict[int, torch.Tensor]:
     """The data-only ``A`` factors of a bucket's sample rows, mirrored exactly symmetric:
-    the one function that computes them, at a request and when a read cache is filled."""
+    the bits :func:`compute_bucket`'s K-FAC pass gave them, for a read cache to fill in."""
     sums = input_factor_sums(curv, layers, list(data_inputs), sample)
     return {k: _mirrored(a) for k, a in sums.items()}
 
@@ -212,19 +212,19 @@ def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
     """A bucket's sums at ``curv``'s parameters. ``layers=None``: no K-FAC factors.
 
     Cost: a gradient pass over the bucket's sample and criterion rows, plus (with K-FAC)
-    one forward and ``K`` backward passes over its sample rows (and one more forward for
-    the ``data_inputs`` factors).
+    one forward and ``K`` backward passes over its sample rows. ``data_inputs`` only marks
+    the factors the blob leaves out.
     """
     n_sample = len(rows.sample)
     kfac = None
     if layers is not None:  # the K-FAC pass also gives the gradient sum (one more backward)
+        # the data-only A factors come from this pass too: data_input_factors gives a
+        # reopened cache the same bits (the same passes over the same rows)
         kfac, gradient = kfac_factors_and_gradient(curv, layers, uncovered, rows.sample,
-                                                   skip_inputs=set(data_inputs),
                                                    progress=progress, task=task)
         assert gradient is not None
-        own = data_input_factors(curv, layers, data_inputs, rows.sample)
-        kfac = KFACFactors([own[k] if k in own else _mirrored(a) for k, a in enumerate(kfac.A)],
-                           [_mirrored(g) for g in kfac.G], kfac.diagonal, kfac.weight)
+        kfac = KFACFactors([_mirrored(a) for a in kfac.A], [_mirrored(g) for g in kfac.G],
+                           kfac.diagonal, kfac.weight)
         grad_sum = gradient
     else:
         grad_sum = curv.gradient_and_loss(rows.sample, 1.0)[0]
