@@ -5,6 +5,7 @@ strategy contract."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -562,6 +563,38 @@ def test_a_reopened_cache_recomputes_the_data_only_factors_bit_for_bit(digits, t
                         reopened.fitted_.val_ids, (), sample_fraction=cache.sample_fraction)
     lin.fill_cache(cache)
     assert all(torch.equal(cache.buckets[b].kfac.A[0], a) for b, a in live.items())
+    reopened.close()
+
+
+def test_a_reopened_store_fills_only_the_buckets_its_first_request_keeps(digits, tmp_path,
+                                                                          monkeypatch):
+    """The first request after a reopen recomputes its touched buckets from scratch, so it
+    fills the data-only factors of the other buckets only; the result has the bits of the
+    same request on the handle that fitted."""
+    from expunge.strategies.approximate.puma import _cache
+
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}}
+    live = PUMA(**params, store=tmp_path / "s").fit(train)
+    shutil.copytree(tmp_path / "s", tmp_path / "copy")
+    ids = train.ids[:40]
+    touched = live.forget(ids).details["touched_buckets"]
+    assert 0 < len(touched) < len(live.fitted_.cache.buckets)
+    filled: list[int] = []
+    original = _cache.data_input_factors
+
+    def counting(curv, layers, data_inputs, sample):
+        filled.append(len(sample))
+        return original(curv, layers, data_inputs, sample)
+
+    monkeypatch.setattr(_cache, "data_input_factors", counting)
+    reopened = expunge.open(tmp_path / "copy")
+    report = reopened.forget(ids)
+    assert len(filled) == len(reopened.fitted_.cache.buckets) - len(touched)
+    assert report.details["touched_buckets"] == touched
+    assert reopened.fitted_.fingerprint() == live.fitted_.fingerprint()
+    live.close()
     reopened.close()
 
 

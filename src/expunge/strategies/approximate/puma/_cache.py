@@ -325,12 +325,19 @@ class PumaCache:
             sum((s.crit_grad for s in stats[1:]), first.crit_grad.clone()))
 
     def fill_inputs(self, curv: LossCurvature, layers: Sequence[KFACLayer] | None,
-                    ids: np.ndarray, sample_rows: np.ndarray) -> int:
+                    ids: np.ndarray, sample_rows: np.ndarray,
+                    skip: Iterable[int] = ()) -> int:
         """Recompute the data-only ``A`` factors a read left out (buckets' sample rows from
         ``sample_rows``, positions in data with ``ids``: the curvature sample of the data
         the buckets were computed on). Returns the buckets filled. Cost: one forward pass
-        over their sample rows, once per reopened store."""
-        todo = sorted(b for b, st in self.buckets.items() if st.missing_inputs)
+        over their sample rows, once per reopened store.
+
+        ``skip``: buckets the caller is about to recompute from scratch (a request's
+        touched buckets): filling them would be thrown away. They stay unfilled in this
+        cache, so a later user of it (a failed request's retry) fills them then."""
+        skipped = set(skip)
+        todo = sorted(b for b, st in self.buckets.items()
+                      if st.missing_inputs and b not in skipped)
         if not todo:
             return 0
         assert layers is not None

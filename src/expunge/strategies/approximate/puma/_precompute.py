@@ -99,10 +99,11 @@ class Linearisation:
                 self.data_inputs = parameter_free_inputs(
                     self.curv, self.layers, torch.as_tensor(self.train_rows[:1]))
 
-    def fill_cache(self, cache: PumaCache) -> None:
+    def fill_cache(self, cache: PumaCache, skip: Iterable[int] = ()) -> None:
         """Recompute what a read cache left out (its data-only factors) from this data,
-        which must be the data its buckets were computed on."""
-        cache.fill_inputs(self.curv, self.layers, self.data.ids, self.sample_rows)
+        which must be the data its buckets were computed on; ``skip``: buckets about to
+        be recomputed anyway."""
+        cache.fill_inputs(self.curv, self.layers, self.data.ids, self.sample_rows, skip)
 
     def bucket_stats(self, fingerprint: str, generation: int,
                      only: Iterable[int] | None = None, progress: Progress = NO_PROGRESS,

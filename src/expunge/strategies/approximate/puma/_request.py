@@ -87,7 +87,6 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
     # criterion set (forgotten and removed-class samples left out)
     lin = Linearisation(strategy, fitted.module, data, fitted.val_ids, removed,
                         criterion_ids=new_val, sample_fraction=cache.sample_fraction)
-    lin.fill_cache(cache)  # a reopened store's data-only factors, once
     if strategy.reweights and len(lin.criterion_rows) == 0:
         raise InvalidRequestError(
             "After this request PUMA's criterion set would be empty (every validation "
@@ -113,6 +112,9 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
             gone = np.flatnonzero(np.isin(data.ids, fitted.val_ids)
                                   & np.isin(labels, newly_removed))
             touched |= set(data_buckets(data.ids[gone]))
+        # a reopened store's data-only factors, once; the touched buckets are recomputed
+        # below (their old factors are only needed by the pre-request curvature)
+        lin.fill_cache(cache, skip=() if strategy.patch_hessian == "original" else touched)
         fresh = lin.bucket_stats(fitted.fingerprint(), cache.generation, only=touched,
                                  progress=progress, exclude=rows_m)
         buckets = {b: s for b, s in cache.buckets.items() if b not in touched}
