@@ -115,7 +115,12 @@ def test_no_checkpoint_trained_on_a_forgotten_id_remains(data, layout, tmp_path)
         assert not np.isin(request, trained).any(), name
     data_blobs = [b for b in store.list_blobs() if b.startswith("data/")]
     assert set(data_blobs) == set(store.read_state()["data"])  # no stale bucket is left
-    stored = np.concatenate([store.read_blob(b)[0]["ids"].numpy() for b in data_blobs])
+    parts = [store.read_blob(b)[0] for b in data_blobs]
+    # rows forgotten in place are holes: position -1, id 0
+    holes = np.concatenate([t["positions"].numpy() < 0 for t in parts])
+    stored = np.concatenate([t["ids"].numpy() for t in parts])
+    assert holes.sum() == len(request) and not stored[holes].any()
+    stored = stored[~holes]
     assert sorted(stored.tolist()) == sorted(sisa.data_.ids.tolist())
     assert not np.isin(request, stored).any()
     on_disk = {p.suffix for p in (tmp_path / "s").rglob("*") if p.is_file()}

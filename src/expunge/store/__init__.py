@@ -9,7 +9,8 @@ from expunge.store._directory import DirectoryStore
 from expunge.store._integrity import StoreKey, ids_digest, verify_store
 from expunge.store._ledger import GENESIS, Ledger, LedgerEntry
 from expunge.store._memory import MemoryStore
-from expunge.store._store import CACHE_PREFIX, Head, Store
+from expunge.store._rewrite import Rewrite, row_patches
+from expunge.store._store import CACHE_PREFIX, Head, RewritePlan, Store
 from expunge.store._worker import (
     BlobAccess,
     WorkerDirectoryStore,
@@ -35,6 +36,8 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "MemoryStore",
+    "Rewrite",
+    "RewritePlan",
     "Store",
     "StoreKey",
     "WorkerDirectoryStore",
@@ -45,6 +48,7 @@ __all__ = [
     "manifest_digest_of",
     "open_store",
     "pack",
+    "row_patches",
     "unpack",
     "verify_store",
 ]

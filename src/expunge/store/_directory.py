@@ -20,12 +20,19 @@ from typing import Any
 from expunge.exceptions import StoreError, StoreIntegrityError
 from expunge.store import _layout as layout
 from expunge.store._atomic import atomic_write_bytes
-from expunge.store._blobs import decode, encode_parts, read_file, write_file
+from expunge.store._blobs import ZSTD_MAGIC, decode, encode_parts, read_file, write_file
 from expunge.store._fs import file_mode, os_errors, sqlite_errors
 from expunge.store._integrity import CHUNK, StoreKey
 from expunge.store._ledger import SCHEMA
 from expunge.store._lock import FileLock
-from expunge.store._store import CACHE_PREFIX, Metadata, Store, Tensors
+from expunge.store._rewrite import (
+    Rewrite,
+    apply_to_file,
+    check_patches,
+    patched_parts,
+    tensor_regions,
+)
+from expunge.store._store import CACHE_PREFIX, Metadata, RewritePlan, Store, Tensors
 
 
 class DirectoryStore(Store):
@@ -151,6 +158,7 @@ class DirectoryStore(Store):
             return
         if self.write_hook is not None:
             self.write_hook("write", name)
+        self._staged.pop(name, None)  # a failed request's staged rewrite is superseded
         path = layout.blob_path(self.root, name)
         if path.exists():
             return
@@ -160,6 +168,11 @@ class DirectoryStore(Store):
         self._known[name] = digest
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
+        path = layout.blob_path(self.root, name)
+        return decode(self._checked_bytes(name), str(path))
+
+    def _checked_bytes(self, name: str) -> bytes:
+        """The bytes of blob ``name``, checked against its committed digest."""
         path = layout.blob_path(self.root, name)
         expected = self._known.get(name)
         data = read_file(path, name, self.root, committed=expected is not None)
@@ -171,7 +184,33 @@ class DirectoryStore(Store):
                 "Restore it from a backup, or refit into a new store."
             )
         self._known[name] = digest
-        return decode(data, str(path))
+        return data
+
+    def rewrite_blob(self, source: str, target: str, plan: RewritePlan) -> bool:
+        if source not in self._known or target.startswith(CACHE_PREFIX) or \
+                self.has_blob(target) or not self.has_blob(source):
+            return False
+        data = self._checked_bytes(source)
+        if data[:4] == ZSTD_MAGIC:  # compressed: its rows have no fixed place
+            return False
+        where = str(layout.blob_path(self.root, source))
+        tensors, metadata = decode(data, where)
+        patches = plan(tensors, metadata, tensor_regions(data))
+        if patches is None:
+            return False
+        staged = tuple(sorted(patches))
+        check_patches(staged, len(data))
+        self._known[target] = self.key.digest("blob", *patched_parts(data, staged))
+        self._staged[target] = Rewrite(source, target, staged)
+        return True
+
+    def _apply_rewrite(self, rewrite: Rewrite) -> None:
+        source = layout.blob_path(self.root, rewrite.source)
+        if self.has_blob(rewrite.target):  # done already; the source is dead
+            return
+        with os_errors("rewrite", source):
+            apply_to_file(source, layout.blob_path(self.root, rewrite.target),
+                          rewrite.patches)
 
     def blob_digest(self, name: str) -> str:
         path = layout.blob_path(self.root, name)

@@ -15,6 +15,9 @@ Commit protocol (what makes a request all-or-nothing), run under the store's wri
    SQLite transaction (WAL, ``synchronous=FULL``): this is the moment the request happens;
 3. blobs no longer referenced by the state are deleted (the purge), and listed in the row;
    the purge takes the read lock exclusively, so that no reader loses files mid-load.
+   Before it, the staged in-place rewrites the state records are applied
+   (:mod:`expunge.store._rewrite`): a blob that loses a few rows becomes its successor by
+   overwriting those rows' bytes and a rename, not by a copy of the rest.
 
 A crash before step 2 leaves unreferenced new blobs; a crash after it leaves stale old
 ones. Either way :meth:`Store.recover` (run by ``expunge.open`` when no writer holds the
@@ -46,6 +49,11 @@ from expunge.store._fs import sqlite_errors
 from expunge.store._integrity import StoreKey, head_mac, ledger_genesis, text_digest
 from expunge.store._ledger import Ledger, LedgerEntry, chain_hash
 from expunge.store._lock import FileLock, ThreadLock, WaitNotice
+from expunge.store._rewrite import Patch, Rewrite
+
+#: ``plan(tensors, metadata, regions)`` of :meth:`Store.rewrite_blob`: the patches that
+#: turn the source blob into the target, or ``None`` to decline (write a new blob instead)
+RewritePlan = Callable[[Tensors, Metadata, dict[str, tuple[int, int]]], list[Patch] | None]
 
 #: blobs under this prefix are caches (e.g. the evaluation's retrained reference): recovery
 #: keeps them, but every ``forget`` purges them all, since they may carry the forgotten ids
@@ -81,6 +89,10 @@ class Store(ABC):
         self.loaded_head = Head()
         self._key: StoreKey | None = None
         self._store_id: str | None = None
+        #: in-place rewrites staged for the next commit, by target
+        self._staged: dict[str, Rewrite] = {}
+        #: rewrites the last commit recorded, applied by the next purge
+        self._to_apply: list[Rewrite] = []
 
     # ------------------------------------------------------------------ blobs
     @abstractmethod
@@ -102,6 +114,22 @@ class Store(ABC):
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
         """The tensors and metadata of blob ``name``; a committed blob is checked against its
         digest first (:class:`StoreIntegrityError` if it changed)."""
+
+    def rewrite_blob(self, source: str, target: str, plan: RewritePlan) -> bool:
+        """Stage blob ``target`` as committed blob ``source`` with byte ranges overwritten
+        in place (:mod:`expunge.store._rewrite`); whether it was staged.
+
+        ``plan`` gets the source's tensors, metadata and byte regions (checked against its
+        committed digest first) and returns the patches, or ``None`` to decline. The
+        target's digest is known at once; its file appears when the commit that names it
+        is purged (:meth:`collect_garbage`). Nothing changes on disk before the commit. A
+        backend that cannot (memory; a compressed source) declines: the caller writes the
+        target with :meth:`write_blob`.
+        """
+        return False
+
+    def _apply_rewrite(self, rewrite: Rewrite) -> None:  # pragma: no cover - never staged
+        raise NotImplementedError
 
     @abstractmethod
     def has_blob(self, name: str) -> bool: ...
@@ -294,9 +322,25 @@ class Store(ABC):
         self._require_write_lock("commit")
         digests = {name: self._digest_for_commit(name) for name in sorted(live)}
         full_state = {**state, "blobs": digests, "manifest": self.manifest_digest()}
-        state_text = json.dumps(full_state, sort_keys=True)
         fields = self._entry_fields(entry)
+        # staged rewrites of this state's blobs (others are a failed request's leftovers)
+        rewrites = [self._staged[name] for name in sorted(live) if name in self._staged]
+        if rewrites:
+            full_state["rewrites"] = [r.to_json() for r in rewrites]
+        # a reader must never see this state before its rewritten blobs exist: hold the
+        # read lock exclusively from before the commit until they are applied
+        with (self._read_lock.hold(on_wait=None) if rewrites else contextlib.nullcontext()):
+            committed = self._commit_transaction(full_state, fields, expected)
+            self._staged.clear()
+            self._to_apply = rewrites
+            self._apply_rewrites()
+        return committed
+
+    def _commit_transaction(self, full_state: dict[str, Any], fields: dict[str, Any],
+                            expected: Head) -> LedgerEntry:
+        state_text = json.dumps(full_state, sort_keys=True)
         fields["state_digest"] = text_digest(state_text)
+        digests = full_state["blobs"]
         with self._sqlite("commit to"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -323,6 +367,16 @@ class Store(ABC):
         self._known.update(digests)
         self.loaded_head = Head(seq, fields["hash"])
         return self.ledger[seq]
+
+    def _apply_rewrites(self) -> None:
+        """Apply the committed rewrites whose targets are not there yet (the caller holds
+        the read lock exclusively)."""
+        rewrites, self._to_apply = self._to_apply, []
+        for rewrite in rewrites:
+            if self.write_hook is not None:
+                self.write_hook("rewrite", rewrite.target)
+            self._apply_rewrite(rewrite)
+            self._known.pop(rewrite.source, None)
 
     @staticmethod
     def _entry_fields(entry: dict[str, Any]) -> dict[str, Any]:
@@ -375,6 +429,9 @@ class Store(ABC):
     def collect_garbage(self, live: set[str]) -> list[str]:
         """Delete every blob not in ``live`` (under the write lock); return their names."""
         self._require_write_lock("deleting blobs")
+        if self._to_apply:  # after a crash (recover): the committed state names them
+            with self._read_lock.hold(on_wait=None):
+                self._apply_rewrites()
         dead = sorted(self.list_blobs() - live)
         if dead:
             # wait for readers still loading the state these blobs belonged to
@@ -394,6 +451,10 @@ class Store(ABC):
         if state is None:
             return []
         live = set(state["blobs"]) | {b for b in self.list_blobs() if b.startswith(CACHE_PREFIX)}
+        # an interrupted purge: finish the committed rewrites whose target is not there yet
+        self._to_apply = [r for r in map(Rewrite.from_json, state.get("rewrites", []))
+                          if r.target in live and not self.has_blob(r.target)
+                          and self.has_blob(r.source)]
         return self.collect_garbage(live)
 
     def try_recover(self) -> bool:

@@ -30,6 +30,7 @@ the order of ``D.drop(F)``.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 
@@ -39,7 +40,7 @@ import torch
 from expunge._hashing import derive_key, keyed_buckets, sha256_ids
 from expunge.data import Identity, IndexedDataset, transform_from_dict
 from expunge.exceptions import DatasetError, StoreIntegrityError
-from expunge.store import Store, ids_digest
+from expunge.store import Store, ids_digest, row_patches
 from expunge.store.subjects import SUBJECT_HASH_BYTES
 
 #: prefix of the training-data blobs (one per non-empty bucket)
@@ -78,7 +79,8 @@ def training_data_blobs(ids: np.ndarray, dataset_fingerprint: str) -> list[str]:
 
 def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarray,
                         dataset_fingerprint: str,
-                        subject_hashes: np.ndarray | None = None) -> list[str]:
+                        subject_hashes: np.ndarray | None = None,
+                        previous_ids: np.ndarray | None = None) -> list[str]:
     """Store ``data`` (rows at original ``positions``) as buckets; return the blob names.
 
     Buckets whose ids did not change already exist under the same name and are neither
@@ -86,13 +88,29 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
     ``subject_hashes`` (``uint8``, one row of :data:`SUBJECT_HASH_BYTES` per sample) is
     stored with the rows; the dataset fingerprint, hence every name, already covers the
     subjects.
+
+    ``previous_ids``: the ids of the data committed now, of which ``data`` keeps a subset
+    (a request). A bucket that lost rows is then staged as an **in-place rewrite** of its
+    committed blob (:meth:`Store.rewrite_blob`): the lost rows are overwritten (inputs,
+    label, id and subject hash with zeros, the position with ``-1``, which readers skip)
+    and the file renamed, so a request writes the forgotten rows' bytes, not the
+    retained ones again. A bucket whose file would be more than :data:`MAX_HOLES` holes,
+    a compressed one, or a store that cannot (memory) is written anew, compactly.
     """
     if positions.shape != (len(data),):
         raise ValueError(f"positions has shape {positions.shape}; expected ({len(data)},)")
     if subject_hashes is not None and subject_hashes.shape != (len(data), SUBJECT_HASH_BYTES):
         raise ValueError(f"subject_hashes has shape {subject_hashes.shape}")
+    before: dict[int, str] = {}
+    if previous_ids is not None:
+        before = {b: name for b, _, name in _bucket_names(np.asarray(previous_ids, np.int64),
+                                                          dataset_fingerprint)}
     names = []
     for b, rows, name in _bucket_names(data.ids, dataset_fingerprint):
+        if not store.has_blob(name) and b in before and store.rewrite_blob(
+                before[b], name, functools.partial(_hole_patches, data.ids[rows])):
+            names.append(name)
+            continue
         if not store.has_blob(name):
             mask = np.zeros(len(data), dtype=bool)
             mask[rows] = True
@@ -105,11 +123,35 @@ def write_training_data(store: Store, data: IndexedDataset, positions: np.ndarra
                     np.ascontiguousarray(subject_hashes[rows]))
             store.write_blob(name, tensors, {"n_classes": str(data.n_classes), "bucket": str(b),
                                              "transform": data.transform.spec()}, shared=True,
-                             # every request rewrites the buckets it touches: images
-                             # compress ~10x, for less time than writing the bytes saved
-                             compress=True)
+                             # uncompressed: a later request overwrites rows in place
+                             compress=False)
         names.append(name)
     return names
+
+
+#: the largest share of a bucket file's rows that may be holes (forgotten rows overwritten
+#: in place) before the bucket is written anew without them: bounds the file at twice its
+#: retained rows
+MAX_HOLES = 0.5
+#: the fill byte of each stored tensor's forgotten rows (``positions`` ``-1``: a hole)
+HOLE_FILLS = {"X": 0, "y": 0, "ids": 0, "positions": 0xFF, "subject_hmac": 0}
+
+
+def _hole_patches(kept_ids: np.ndarray, tensors: Mapping[str, torch.Tensor],
+                  metadata: Mapping[str, str], regions: Mapping[str, tuple[int, int]]
+                  ) -> list[tuple[int, int, int]] | None:
+    """The patches that leave exactly ``kept_ids`` in a bucket file (its other live rows
+    become holes), or ``None`` when it should be written anew instead."""
+    ids, positions = tensors["ids"].numpy(), tensors["positions"].numpy()
+    live = positions >= 0
+    lost = live & ~np.isin(ids, kept_ids)
+    if int((live & ~lost).sum()) != len(kept_ids) or set(tensors) - set(HOLE_FILLS):
+        return None  # not the rows this bucket should keep, or an unknown layout
+    if (len(ids) - int(live.sum()) + int(lost.sum())) > MAX_HOLES * len(ids):
+        return None
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    fills = {k: f for k, f in HOLE_FILLS.items() if k in tensors}
+    return row_patches(dict(regions), shapes, np.flatnonzero(lost).tolist(), fills)
 
 
 def read_training_data(store: Store, names: str | Sequence[str]
@@ -125,7 +167,8 @@ def read_training_data(store: Store, names: str | Sequence[str]
 def read_stored_data(store: Store, names: str | Sequence[str]
                      ) -> tuple[IndexedDataset, np.ndarray, np.ndarray | None]:
     """:func:`read_training_data` plus the rows' subject hashes (``None`` without subjects)."""
-    parts = [store.read_blob(name) for name in ([names] if isinstance(names, str) else names)]
+    parts = [_without_holes(*store.read_blob(name))
+             for name in ([names] if isinstance(names, str) else names)]
     if not parts:
         raise StoreIntegrityError(
             f"The committed state of the store {store.location!r} names no training data."
@@ -164,6 +207,17 @@ def read_stored_data(store: Store, names: str | Sequence[str]
             "blobs were edited outside expunge."
         ) from None
     return data, positions[order], subjects
+
+
+def _without_holes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A bucket's rows without the holes in-place rewrites left (position ``-1``)."""
+    positions = tensors.get("positions")
+    if positions is not None and positions.ndim == 1 and bool((positions < 0).any()):
+        keep = positions >= 0
+        tensors = {k: (v[keep] if v.ndim and len(v) == len(keep) else v)
+                   for k, v in tensors.items()}
+    return tensors, metadata
 
 
 def training_ids_digest(store: Store, ids: np.ndarray) -> str:

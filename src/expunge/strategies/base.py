@@ -504,14 +504,17 @@ class UnlearningStrategy(ABC):
 
     @staticmethod
     def _write_data(store: Store, data: IndexedDataset, positions: np.ndarray,
-                    subject_hashes: np.ndarray | None = None) -> list[str]:
+                    subject_hashes: np.ndarray | None = None,
+                    previous_ids: np.ndarray | None = None) -> list[str]:
         """Write the retained training data in buckets; return their blob names.
 
         Only buckets whose ids changed are written (see :mod:`expunge.strategies._stored_data`);
-        names derive from the keyed dataset fingerprint (in the manifest) and the ids.
+        names derive from the keyed dataset fingerprint (in the manifest) and the ids. With
+        ``previous_ids`` (a request: the committed data's ids) a bucket that lost rows is
+        rewritten in place where the store can.
         """
         return write_training_data(store, data, positions, UnlearningStrategy._data_key(store),
-                                   subject_hashes)
+                                   subject_hashes, previous_ids)
 
     @staticmethod
     def _data_key(store: Store) -> str:
@@ -725,7 +728,8 @@ class UnlearningStrategy(ABC):
             with progress.running():
                 fitted, stats = self._forget(old, request, retained, store, progress)
             subject_hashes = None if self._subject_hashes is None else self._subject_hashes[kept]
-            data_blobs = self._write_data(store, retained, positions, subject_hashes)
+            data_blobs = self._write_data(store, retained, positions, subject_hashes,
+                                          self.data_.ids)
             live = fitted.live_blobs() | set(data_blobs)
             purged = sorted(store.list_blobs() - live)
             recorded = {**stats.details, **(details or {})}
