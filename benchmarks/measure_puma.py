@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -59,6 +60,8 @@ E3 = {"limit_train": 5000, "epochs": 60, "fraction": 0.05}
 #: the ratio is pessimistic for PUMA
 LENET = {"model": "lenet", "epochs": 3, "batch_size": 128, "lr": 0.05, "momentum": 0.9,
          "weight_decay": 5e-4, "seed": 0, "limit_train": None}
+#: PUMA / NaiveInfluence parameters set from the command line (``--cache-samples``)
+PUMA_OVERRIDES: dict[str, Any] = {}
 #: extra dampings tried beside the rule's choice, as multiples of the weight decay
 DAMPINGS = (0.0, 0.1, 1.0, 10.0, 100.0)
 
@@ -94,6 +97,8 @@ class Stores:
     def fit(self, key: str, cls: type, params: dict[str, Any], data: IndexedDataset) -> float:
         path = self.root / key
         started = time.perf_counter()
+        if cls in (expunge.PUMA, expunge.NaiveInfluence):
+            params = {**params, **PUMA_OVERRIDES}
         cls(**params, store=path).fit(data).close()
         self.fits[key] = (path, time.perf_counter() - started)
         return self.fits[key][1]
@@ -102,6 +107,9 @@ class Stores:
         path = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{key}-"))
         shutil.rmtree(path)
         shutil.copytree(self.fits[key][0], path)
+        # a store at rest, as fit leaves it (every file synced): the copy's dirty pages
+        # would otherwise be flushed by the request's first sync of a copied file
+        os.sync()
         return expunge.open(path, **overrides)
 
 
@@ -396,7 +404,11 @@ def main() -> int:
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--raw", action="store_true",
                         help="MNIST in its stored dtype (uint8 + transform): docs/data.md")
+    parser.add_argument("--cache-samples", type=int,
+                        help="PUMA's and NaiveInfluence's curvature sample (default: theirs)")
     args = parser.parse_args()
+    if args.cache_samples is not None:
+        PUMA_OVERRIDES["cache_samples"] = args.cache_samples
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", ApproximationWarning)
     root = None if args.quick else Path(args.data_root)

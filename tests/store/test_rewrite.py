@@ -113,21 +113,24 @@ def test_a_crash_after_the_commit_is_finished_on_reopen(small_digits, tmp_path, 
     model = expunge.Retrain(**PARAMS, store=path).fit(small_digits)
     forgotten = small_digits.ids[[5, 6, 50, 120]]
     calls = {"n": 0}
-    original = _directory.apply_to_file
+    original = _directory.apply_to_files
 
-    def crashing(source, target, patches):
+    def crashing(moves):
         calls["n"] += 1
-        if where == "between patches":  # half the patches written, no rename
+        assert len(moves) > 1  # the request touched several buckets
+        if where == "between patches":  # one file renamed, another half patched
+            original(moves[:1])
+            source, _, patches = moves[1]
             fd = os.open(source, os.O_RDWR)
-            for offset, length, fill in patches[: len(patches) // 2]:
+            for offset, length, fill in patches[: max(1, len(patches) // 2)]:
                 os.pwrite(fd, bytes([fill]) * length, offset)
             os.close(fd)
         raise Crash("power lost")
 
-    monkeypatch.setattr(_directory, "apply_to_file", crashing)
+    monkeypatch.setattr(_directory, "apply_to_files", crashing)
     with pytest.raises(Crash):
         model.forget(forgotten)
-    monkeypatch.setattr(_directory, "apply_to_file", original)
+    monkeypatch.setattr(_directory, "apply_to_files", original)
     model.close()
     assert calls["n"] == 1
     reopened = expunge.open(path)  # recovery applies the committed rewrites

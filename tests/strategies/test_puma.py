@@ -35,7 +35,7 @@ from expunge.strategies.approximate.puma import (
     rank_mislabelled,
     solve_reweighting,
 )
-from expunge.strategies.approximate.puma._cache import compute_bucket
+from expunge.strategies.approximate.puma._cache import CRITERION_PART, compute_bucket
 from expunge.strategies.approximate.puma._precompute import Linearisation
 
 DT = torch.float64
@@ -457,7 +457,11 @@ def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path
     val_id = int(old.val_ids[0])
     train_id = int(np.setdiff1d(m.training_data.ids, old.val_ids)[0])
     report = m.forget([train_id, val_id])
-    touched = set(data_buckets(np.array([train_id, val_id])).tolist())
+    # the sample part of the training id's bucket (every digits row is in the curvature
+    # sample here) and the criterion part of the validation id's
+    touched = {int(data_buckets(np.array([train_id]))[0]),
+               CRITERION_PART + int(data_buckets(np.array([val_id]))[0])}
+    assert old.cache.sample_fraction == 1.0
     assert set(report.details["touched_buckets"]) == touched
     live = m.store_.list_blobs()
     # the old model, the old criterion ids and every bucket that held a forgotten sample's
@@ -477,8 +481,12 @@ def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path
         assert stored.n_sample == len(r.sample) and float(stored.crit_count.sum()) == sum(
             len(c) for c in r.criteria)
         torch.testing.assert_close(stored.grad_sum, fresh.grad_sum)
-        for x, y in zip(stored.kfac.A + stored.kfac.G, fresh.kfac.A + fresh.kfac.G, strict=True):
-            torch.testing.assert_close(x, y)
+        torch.testing.assert_close(stored.crit_grad, fresh.crit_grad)
+        assert (stored.kfac is None) == (b >= CRITERION_PART) == (fresh.kfac is None)
+        if stored.kfac is not None:
+            for x, y in zip(stored.kfac.A + stored.kfac.G, fresh.kfac.A + fresh.kfac.G,
+                            strict=True):
+                torch.testing.assert_close(x, y)
     assert val_id not in new.val_ids and report.details["n_forgotten_val"] == 1
     assert m.verify() == 2
     reopened = expunge.open(tmp_path / "puma")
@@ -552,11 +560,13 @@ def test_a_reopened_cache_recomputes_the_data_only_factors_bit_for_bit(digits, t
     params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
               "model_params": {"hidden_sizes": [8]}}
     m = PUMA(**params, store=tmp_path / "s").fit(train)
-    live = {b: st.kfac.A[0].clone() for b, st in m.fitted_.cache.buckets.items()}
+    live = {b: st.kfac.A[0].clone() for b, st in m.fitted_.cache.buckets.items()
+            if st.kfac is not None}  # the sample parts
+    assert live and all(b < CRITERION_PART for b in live)
     m.close()
     reopened = expunge.open(tmp_path / "s")
     cache = reopened.fitted_.cache
-    assert all(st.missing_inputs for st in cache.buckets.values())
+    assert all(st.missing_inputs == (b in live) for b, st in cache.buckets.items())
     with pytest.raises(RuntimeError, match="not filled"):
         cache.totals()
     lin = Linearisation(reopened, reopened.fitted_.module, reopened.training_data,
@@ -580,7 +590,8 @@ def test_a_reopened_store_fills_only_the_buckets_its_first_request_keeps(digits,
     shutil.copytree(tmp_path / "s", tmp_path / "copy")
     ids = train.ids[:40]
     touched = live.forget(ids).details["touched_buckets"]
-    assert 0 < len(touched) < len(live.fitted_.cache.buckets)
+    kept = [b for b in live.fitted_.cache.buckets if b < CRITERION_PART and b not in touched]
+    assert kept and any(b < CRITERION_PART for b in touched)
     filled: list[int] = []
     original = _cache.data_input_factors
 
@@ -591,11 +602,45 @@ def test_a_reopened_store_fills_only_the_buckets_its_first_request_keeps(digits,
     monkeypatch.setattr(_cache, "data_input_factors", counting)
     reopened = expunge.open(tmp_path / "copy")
     report = reopened.forget(ids)
-    assert len(filled) == len(reopened.fitted_.cache.buckets) - len(touched)
+    assert len(filled) == len(kept)
     assert report.details["touched_buckets"] == touched
     assert reopened.fitted_.fingerprint() == live.fitted_.fingerprint()
     live.close()
     reopened.close()
+
+
+def test_a_cache_written_before_the_split_is_recomputed_by_whole_buckets(digits):
+    """Stores written before the split hold one combined part per bucket: its sums are the
+    same terms in the same order (the totals are bit for bit those of the split parts),
+    and a request that touches it recomputes both of its parts."""
+    from expunge.strategies.approximate.puma._cache import BucketStats
+
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}, "refresh_after": None}
+    m = PUMA(**params).fit(train)
+    cache = m.fitted_.cache
+    split = cache.totals()
+    combined = {}
+    for b in range(CRITERION_PART):
+        s, c = cache.buckets[b], cache.buckets[CRITERION_PART + b]
+        combined[b] = BucketStats(b, s.generation, s.key, s.n_sample, s.grad_sum, s.kfac,
+                                  c.crit_count, c.crit_loss, c.crit_grad, s.data_inputs)
+    cache.buckets, cache._inverse, cache._directions = combined, None, None
+    merged = cache.totals()
+    for name in ("grad_sum", "crit_count", "crit_loss", "crit_grad"):
+        assert torch.equal(getattr(merged, name), getattr(split, name)), name
+    val_id = int(m.fitted_.val_ids[0])
+    v = int(data_buckets(np.array([val_id]))[0])
+    report = m.forget([val_id])
+    assert set(report.details["touched_buckets"]) == {v, CRITERION_PART + v}
+    after = m.fitted_.cache
+    assert after.buckets[v].crit_grad.numel() == 0  # split now
+    assert after.buckets[CRITERION_PART + v].n_sample == 0
+    assert sum(1 for b in after.buckets if b >= CRITERION_PART) == 1
+    totals = after.totals()
+    assert totals.n_sample == split.n_sample
+    assert float(totals.crit_count.sum()) == float(split.crit_count.sum()) - 1
 
 
 def _bucket_rows(lin):

@@ -27,7 +27,7 @@ from expunge.store._ledger import SCHEMA
 from expunge.store._lock import FileLock
 from expunge.store._rewrite import (
     Rewrite,
-    apply_to_file,
+    apply_to_files,
     check_patches,
     patched_parts,
     tensor_regions,
@@ -204,13 +204,12 @@ class DirectoryStore(Store):
         self._staged[target] = Rewrite(source, target, staged)
         return True
 
-    def _apply_rewrite(self, rewrite: Rewrite) -> None:
-        source = layout.blob_path(self.root, rewrite.source)
-        if self.has_blob(rewrite.target):  # done already; the source is dead
-            return
-        with os_errors("rewrite", source):
-            apply_to_file(source, layout.blob_path(self.root, rewrite.target),
-                          rewrite.patches)
+    def _apply_rewrites_now(self, rewrites: list[Rewrite]) -> None:
+        # a target already there is done; its source is dead and purged
+        moves = [(layout.blob_path(self.root, r.source), layout.blob_path(self.root, r.target),
+                  r.patches) for r in rewrites if not self.has_blob(r.target)]
+        with os_errors("rewrite", layout.blobs_dir(self.root)):
+            apply_to_files(moves)
 
     def blob_digest(self, name: str) -> str:
         path = layout.blob_path(self.root, name)

@@ -128,8 +128,8 @@ class Store(ABC):
         """
         return False
 
-    def _apply_rewrite(self, rewrite: Rewrite) -> None:  # pragma: no cover - never staged
-        raise NotImplementedError
+    def _apply_rewrites_now(self, rewrites: list[Rewrite]) -> None:  # pragma: no cover
+        raise NotImplementedError  # never staged: rewrite_blob declines
 
     @abstractmethod
     def has_blob(self, name: str) -> bool: ...
@@ -372,10 +372,13 @@ class Store(ABC):
         """Apply the committed rewrites whose targets are not there yet (the caller holds
         the read lock exclusively)."""
         rewrites, self._to_apply = self._to_apply, []
-        for rewrite in rewrites:
-            if self.write_hook is not None:
+        if not rewrites:
+            return
+        if self.write_hook is not None:
+            for rewrite in rewrites:
                 self.write_hook("rewrite", rewrite.target)
-            self._apply_rewrite(rewrite)
+        self._apply_rewrites_now(rewrites)
+        for rewrite in rewrites:
             self._known.pop(rewrite.source, None)
 
     @staticmethod

@@ -10,15 +10,21 @@ Every cached quantity is a sum over rows (:class:`BucketStats`):
   cross-entropy gradients and losses, per criterion (``grad C`` and the held-out loss the
   damping rule matches).
 
-The sums are stored as state blobs (``puma/bucket-*``), one per bucket. The rows are split
+The sums are stored as state blobs (``puma/bucket-*``), one per *part*. The rows are split
 into the same 16 id-buckets as the stored training data
-(:func:`expunge.strategies._stored_data.data_buckets`). A request recomputes, at the
-current parameters and on the retained rows only, exactly the buckets holding a forgotten
-id that is in ``S`` or ``C``, and drops the old blobs: afterwards no persisted number was
-computed from a forgotten sample's row. Untouched buckets keep the sums computed at the
-parameters of their last update: the *drift* a full refresh (``refresh_after``,
-:meth:`PUMA.refresh`) removes. Everything else (eigendecompositions, ``H^-1 grad C``,
-scores) is derived from these sums in memory and never stored.
+(:func:`expunge.strategies._stored_data.data_buckets`), and each bucket ``b`` into two
+parts: its curvature-sample rows (part ``b``: the K-FAC factors and ``g_bar``'s sum) and
+its criterion rows (part ``16 + b``: ``grad C`` and the losses), so that a forgotten
+sample of ``S`` recomputes only sample rows and a forgotten criterion sample only
+criterion rows. A request recomputes, at the current parameters and on the retained rows
+only, exactly the parts holding a forgotten id, and drops the old blobs: afterwards no
+persisted number was computed from a forgotten sample's row. (Stores written before the
+split hold one combined part per bucket, key ``b``; a request that touches such a bucket
+recomputes both of its parts, so every row is counted once in any mix of the two.)
+Untouched parts keep the sums computed at the parameters of their last update: the
+*drift* a full refresh (``refresh_after``, :meth:`PUMA.refresh`) removes. Everything else
+(eigendecompositions, ``H^-1 grad C``, scores) is derived from these sums in memory and
+never stored.
 
 The ``A`` factors of layers whose input depends on no parameter (the first ``Linear`` of an
 MLP, the first convolution: :func:`parameter_free_inputs`) are functions of a bucket's rows
@@ -54,6 +60,9 @@ from expunge.strategies.approximate.curvature import (
     kfac_factors_and_gradient,
 )
 
+#: the key of bucket ``b``'s criterion part is ``CRITERION_PART + b``; its sample part is ``b``
+CRITERION_PART = DATA_BUCKETS
+
 #: purposes of the keyed subsets (with the strategy's seed)
 VALIDATION_KEY = "puma-validation"
 SAMPLE_KEY = "puma-curvature-sample"
@@ -74,14 +83,18 @@ class BucketStats:
     """One id-bucket's share of every cached sum, computed at one parameter value.
 
     Attributes:
-        bucket: the bucket number (0..15).
+        bucket: the part's key: ``b`` for bucket ``b``'s curvature-sample rows,
+            ``CRITERION_PART + b`` for its criterion rows (``b`` for both in stores
+            written before the split).
         generation: the request count when it was computed (0: at fit or the last refresh).
         key: identifies the content (parameters, rows, criterion): the blob name's hash.
         n_sample: rows of the curvature sample in this bucket.
-        grad_sum: sum of their cross-entropy gradients, ``(p,)``.
-        kfac: their K-FAC factor sums (``None`` when the solver needs none).
+        grad_sum: sum of their cross-entropy gradients, ``(p,)`` (empty: no sample rows).
+        kfac: their K-FAC factor sums (``None`` when the solver needs none, or no sample
+            rows).
         crit_count, crit_loss, crit_grad: per criterion ``k``: rows, sum of losses, sum of
-            gradients ``(K, p)`` over the bucket's criterion rows.
+            gradients ``(K, p)`` over the bucket's criterion rows (``crit_grad`` empty: no
+            criterion rows).
         data_inputs: the layers whose ``A`` factor is a function of the rows alone: not
             stored, and empty after a read until :meth:`PumaCache.fill_inputs`.
     """
@@ -217,7 +230,9 @@ def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
     """
     n_sample = len(rows.sample)
     kfac = None
-    if layers is not None:  # the K-FAC pass also gives the gradient sum (one more backward)
+    if n_sample == 0:  # a criterion part
+        grad_sum = torch.empty(0, dtype=curv.dtype)
+    elif layers is not None:  # the K-FAC pass also gives the gradient sum (one more backward)
         # the data-only A factors come from this pass too: data_input_factors gives a
         # reopened cache the same bits (the same passes over the same rows)
         kfac, gradient = kfac_factors_and_gradient(curv, layers, uncovered, rows.sample,
@@ -230,16 +245,21 @@ def compute_bucket(curv: LossCurvature, layers: Sequence[KFACLayer] | None,
         grad_sum = curv.gradient_and_loss(rows.sample, 1.0)[0]
         progress.advance(task, n_sample)
     counts, losses, grads = [], [], []
-    for crit_rows in rows.criteria:
-        gradient, loss, count = curv.gradient_and_loss(crit_rows, 1.0)
-        counts.append(count)
-        losses.append(loss)
-        grads.append(gradient)
-        progress.advance(task, len(crit_rows))
+    if any(len(c) for c in rows.criteria):
+        for crit_rows in rows.criteria:
+            gradient, loss, count = curv.gradient_and_loss(crit_rows, 1.0)
+            counts.append(count)
+            losses.append(loss)
+            grads.append(gradient)
+            progress.advance(task, len(crit_rows))
+        crit_grad = torch.stack(grads)
+    else:  # a sample part: no K x p zeros to store and sum
+        counts = losses = [0.0] * len(rows.criteria)
+        crit_grad = torch.empty(0, dtype=curv.dtype)
     return BucketStats(bucket, generation, key, n_sample, grad_sum, kfac,
                        torch.tensor(counts, dtype=curv.dtype),
-                       torch.tensor(losses, dtype=curv.dtype), torch.stack(grads),
-                       tuple(data_inputs) if layers is not None else ())
+                       torch.tensor(losses, dtype=curv.dtype), crit_grad,
+                       tuple(data_inputs) if kfac is not None else ())
 
 
 # ============================================================================ the cache
@@ -310,19 +330,30 @@ class PumaCache:
         stats = [self.buckets[b] for b in sorted(self.buckets)]
         if any(st.missing_inputs for st in stats):
             raise RuntimeError("PUMA's cache was read but not filled: call fill_inputs first")
-        first = stats[0]
+        # a part without sample (criterion) rows holds no gradient sum (criterion sums):
+        # it is left out, so the sums run over the same terms in the same order as when
+        # a bucket's two parts were one
+        sampled = [s for s in stats if s.grad_sum.numel()]
+        judged = [s for s in stats if s.crit_grad.numel()]
+        kfacs = [s.kfac for s in stats if s.kfac is not None]
         kfac = None
-        if first.kfac is not None:
-            kfac = first.kfac
-            for s in stats[1:]:
-                assert s.kfac is not None
-                kfac = kfac + s.kfac
+        if kfacs:
+            kfac = kfacs[0]
+            for factors in kfacs[1:]:
+                kfac = kfac + factors
+        size = sampled[0].grad_sum.numel() if sampled else judged[0].crit_grad.shape[1]
+        dtype = stats[0].crit_count.dtype
+        grad_sum = (sum((s.grad_sum for s in sampled[1:]), sampled[0].grad_sum.clone())
+                    if sampled else torch.zeros(size, dtype=dtype))
+        k = len(stats[0].crit_count)
         return CacheTotals(
-            sum(s.n_sample for s in stats), sum((s.grad_sum for s in stats[1:]),
-                                                first.grad_sum.clone()),
-            kfac, sum((s.crit_count for s in stats[1:]), first.crit_count.clone()),
-            sum((s.crit_loss for s in stats[1:]), first.crit_loss.clone()),
-            sum((s.crit_grad for s in stats[1:]), first.crit_grad.clone()))
+            sum(s.n_sample for s in stats), grad_sum, kfac,
+            sum((s.crit_count for s in judged[1:]), judged[0].crit_count.clone())
+            if judged else torch.zeros(k, dtype=dtype),
+            sum((s.crit_loss for s in judged[1:]), judged[0].crit_loss.clone())
+            if judged else torch.zeros(k, dtype=dtype),
+            sum((s.crit_grad for s in judged[1:]), judged[0].crit_grad.clone())
+            if judged else torch.zeros(k, size, dtype=dtype))
 
     def fill_inputs(self, curv: LossCurvature, layers: Sequence[KFACLayer] | None,
                     ids: np.ndarray, sample_rows: np.ndarray,
@@ -388,16 +419,39 @@ def bucket_rows(ids: np.ndarray, sample_rows: np.ndarray,
                 only: Iterable[int] | None = None) -> dict[int, BucketRows]:
     """Split sample and criterion rows (positions; ``ids`` are the data's ids) by bucket.
 
-    ``only`` restricts the result to those buckets (a request touches a few); buckets with
-    no rows at all are left out. Cost: one keyed hash per row given.
+    Keys are parts: ``b`` holds bucket ``b``'s sample rows, ``CRITERION_PART + b`` its
+    criterion rows. ``only`` restricts the result to those parts (a request touches a
+    few); parts with no rows at all are left out. Cost: one keyed hash per row given.
     """
-    wanted = set(range(DATA_BUCKETS)) if only is None else {int(b) for b in only}
+    wanted = (set(range(2 * DATA_BUCKETS)) if only is None else {int(b) for b in only})
     sample_b = data_buckets(ids[sample_rows])
     crit_b = [data_buckets(ids[rows]) for rows in criterion_rows]
+    none = np.empty(0, dtype=sample_rows.dtype)
     out = {}
-    for b in sorted(wanted):
-        sample = sample_rows[sample_b == b]
-        criteria = tuple(rows[cb == b] for rows, cb in zip(criterion_rows, crit_b, strict=True))
+    for key in sorted(wanted):
+        if key < CRITERION_PART:
+            sample = sample_rows[sample_b == key]
+            criteria = tuple(none for _ in criterion_rows)
+        else:
+            sample = none
+            criteria = tuple(rows[cb == key - CRITERION_PART]
+                             for rows, cb in zip(criterion_rows, crit_b, strict=True))
         if len(sample) or any(len(c) for c in criteria):
-            out[b] = BucketRows(sample, criteria)
+            out[key] = BucketRows(sample, criteria)
     return out
+
+
+def touched_parts(cache: PumaCache, sample_ids: np.ndarray, criterion_ids: np.ndarray
+                  ) -> set[int]:
+    """The parts a request must recompute: the sample parts of ``sample_ids``' buckets
+    (forgotten ids of the curvature sample), the criterion parts of ``criterion_ids``'
+    (forgotten or removed criterion ids), and both parts of a bucket stored as one
+    combined part (a store written before the split) that either touches."""
+    parts = {int(b) for b in data_buckets(sample_ids)}
+    parts |= {CRITERION_PART + int(b) for b in data_buckets(criterion_ids)}
+    combined = {b for b, st in cache.buckets.items()
+                if b < CRITERION_PART and st.n_sample and st.crit_grad.numel()}
+    for b in combined:
+        if b in parts or CRITERION_PART + b in parts:
+            parts |= {b, CRITERION_PART + b}
+    return parts

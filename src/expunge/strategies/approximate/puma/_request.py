@@ -21,9 +21,13 @@ from expunge._progress import Progress
 from expunge.data import IndexedDataset
 from expunge.exceptions import InvalidRequestError
 from expunge.models import module_fingerprint
-from expunge.strategies._stored_data import data_buckets
 from expunge.strategies.approximate.curvature import SolveResult, warn_approximation
-from expunge.strategies.approximate.puma._cache import CANDIDATE_KEY, PumaCache, keyed_subset
+from expunge.strategies.approximate.puma._cache import (
+    CANDIDATE_KEY,
+    PumaCache,
+    keyed_subset,
+    touched_parts,
+)
 from expunge.strategies.approximate.puma._model import PumaModel
 from expunge.strategies.approximate.puma._patch import patch_gradient, refine
 from expunge.strategies.approximate.puma._precompute import (
@@ -105,13 +109,14 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
     # ---- the disk rule: recompute every bucket holding a forgotten sample's contribution
     with clock.stage("cache_update"):
         sample_ids = data.ids[lin.sample_rows]
-        touched = set(data_buckets(forgotten_train[np.isin(forgotten_train, sample_ids)]))
-        touched |= set(data_buckets(forgotten_val))
+        criterion_gone = forgotten_val
         if newly_removed:  # the criterion loses these classes' rows in every bucket
             labels = data.y.numpy()
             gone = np.flatnonzero(np.isin(data.ids, fitted.val_ids)
                                   & np.isin(labels, newly_removed))
-            touched |= set(data_buckets(data.ids[gone]))
+            criterion_gone = np.union1d(criterion_gone, data.ids[gone])
+        touched = touched_parts(cache, forgotten_train[np.isin(forgotten_train, sample_ids)],
+                                criterion_gone)
         # a reopened store's data-only factors, once; the touched buckets are recomputed
         # below (their old factors are only needed by the pre-request curvature)
         lin.fill_cache(cache, skip=() if strategy.patch_hessian == "original" else touched)
