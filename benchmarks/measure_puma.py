@@ -371,7 +371,7 @@ def e6_part(root: Path | None, out: dict[str, Any], quick: bool) -> None:
                          ("PUMA (exact curvature: solver='cg', damping=1e-4; E6's spec)",
                           {"solver": "cg", "damping": 1e-4})):
         started = time.perf_counter()
-        model = expunge.PUMA(**params, **extra).fit(noisy)
+        model = expunge.PUMA(**params, **PUMA_OVERRIDES, **extra).fit(noisy)
         fit = time.perf_counter() - started
         started = time.perf_counter()
         ranked = expunge.rank_mislabelled(model)

@@ -63,3 +63,33 @@ def write_all(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview
 def atomic_write_bytes(path: Path,
                        data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
     atomic_write(path, lambda tmp: write_all(tmp, data))
+
+
+def atomic_write_many(files: Sequence[tuple[Path, Sequence[bytes | memoryview]]]) -> None:
+    """Create several files atomically, as one batch: each is written to a temp file and
+    synced, then all are renamed, then each folder is synced once (not once per file).
+
+    A crash leaves each file absent or complete (temp files are collected on reopen)."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, data in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+                                            dir=path.parent)
+            temps.append((Path(tmp_name), path))
+            try:
+                os.fchmod(fd, file_mode())
+            finally:
+                os.close(fd)
+            write_all(Path(tmp_name), data)
+        for tmp, _ in temps:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+        for folder in sorted({path.parent for _, path in temps}):
+            fsync_dir(folder)
+    except BaseException:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        raise

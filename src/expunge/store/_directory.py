@@ -14,13 +14,14 @@ import json
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from expunge.exceptions import StoreError, StoreIntegrityError
 from expunge.store import _layout as layout
-from expunge.store._atomic import atomic_write_bytes
-from expunge.store._blobs import ZSTD_MAGIC, decode, encode_parts, read_file, write_file
+from expunge.store._atomic import atomic_write_bytes, atomic_write_many
+from expunge.store._blobs import ZSTD_MAGIC, Part, decode, encode_parts, read_file
 from expunge.store._fs import file_mode, os_errors, sqlite_errors
 from expunge.store._integrity import CHUNK, StoreKey
 from expunge.store._ledger import SCHEMA
@@ -154,18 +155,31 @@ class DirectoryStore(Store):
     # ---------------------------------------------------------------- blobs
     def write_blob(self, name: str, tensors: Tensors, metadata: Metadata | None = None,
                    *, shared: bool = False, compress: bool = False) -> None:
-        if name.startswith(CACHE_PREFIX) and not self._cache_write_allowed():
+        self._write_batch([(name, tensors, metadata)], compress=compress)
+
+    def write_blobs(self, blobs: Sequence[tuple[str, Tensors, Metadata | None]]) -> None:
+        self._write_batch(blobs, compress=False)
+
+    def _write_batch(self, blobs: Sequence[tuple[str, Tensors, Metadata | None]], *,
+                     compress: bool) -> None:
+        pending: dict[Path, tuple[str, list[Part], str]] = {}
+        for name, tensors, metadata in blobs:
+            if name.startswith(CACHE_PREFIX) and not self._cache_write_allowed():
+                continue
+            if self.write_hook is not None:
+                self.write_hook("write", name)
+            self._staged.pop(name, None)  # a failed request's staged rewrite is superseded
+            path = layout.blob_path(self.root, name)
+            if path.exists() or path in pending:
+                continue
+            parts = encode_parts(tensors, metadata, compress=compress)
+            pending[path] = (name, parts, self.key.digest("blob", *parts))
+        if not pending:
             return
-        if self.write_hook is not None:
-            self.write_hook("write", name)
-        self._staged.pop(name, None)  # a failed request's staged rewrite is superseded
-        path = layout.blob_path(self.root, name)
-        if path.exists():
-            return
-        parts = encode_parts(tensors, metadata, compress=compress)
-        digest = self.key.digest("blob", *parts)
-        write_file(path, parts)
-        self._known[name] = digest
+        with os_errors("write", next(iter(pending))):
+            atomic_write_many([(path, parts) for path, (_, parts, _) in pending.items()])
+        for name, _, digest in pending.values():
+            self._known[name] = digest
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
         path = layout.blob_path(self.root, name)

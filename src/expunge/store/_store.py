@@ -31,7 +31,7 @@ import json
 import sqlite3
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -109,6 +109,13 @@ class Store(ABC):
         handle is at the committed head (a cache must never outlive a purge); otherwise the
         write is skipped.
         """
+
+    def write_blobs(self, blobs: Sequence[tuple[str, Tensors, Metadata | None]]) -> None:
+        """:meth:`write_blob` for each ``(name, tensors, metadata)``, as one batch (a file
+        store syncs each folder once, not once per blob); each blob is atomic, the batch
+        is not (a crash may leave some written: orphans until a commit names them)."""
+        for name, tensors, metadata in blobs:
+            self.write_blob(name, tensors, metadata)
 
     @abstractmethod
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:

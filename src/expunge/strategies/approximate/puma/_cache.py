@@ -174,11 +174,18 @@ def _upper(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.reshape(-1).index_select(0, _upper_positions(matrix.shape[0]))
 
 
+@functools.lru_cache(maxsize=16)
+def _upper_mask(size: int) -> torch.Tensor:
+    """``True`` on and above the diagonal of a ``size x size`` matrix."""
+    return torch.ones(size, size, dtype=torch.bool).triu()
+
+
 def _mirrored(matrix: torch.Tensor) -> torch.Tensor:
     """``matrix`` with its lower triangle replaced by the upper one's mirror: exactly
     symmetric (a matmul's ``X^T X`` may differ from its transpose in the last bit), so
-    that what a bucket holds in memory is what its blob gives back."""
-    return matrix.triu() + matrix.triu(1).T
+    that what a bucket holds in memory is what its blob gives back. One selecting pass
+    (copies, no arithmetic): a third of the time of adding two triangles."""
+    return torch.where(_upper_mask(matrix.shape[0]), matrix, matrix.T)
 
 
 def _from_upper(packed: torch.Tensor) -> torch.Tensor:
@@ -400,9 +407,9 @@ class PumaCache:
                 "train_at_refresh": self.train_at_refresh}
 
     def write(self, store: Store) -> None:
-        for stats in self.buckets.values():
-            if not store.has_blob(stats.blob_name):
-                store.write_blob(stats.blob_name, *stats.to_blob())
+        store.write_blobs([(stats.blob_name, *stats.to_blob())
+                           for stats in self.buckets.values()
+                           if not store.has_blob(stats.blob_name)])
 
     @classmethod
     def read(cls, meta: dict[str, Any], store: Store) -> PumaCache:
