@@ -303,8 +303,9 @@ def test_a_large_batch_does_not_collapse_the_model(digits):
     # 40 % removed from a small MLP: the whole first-order step overshoots (test accuracy
     # 95.6 -> 88.4 % unguarded, patch norm 10); the guard on the retained objective halves it
     train, test = digits
+    # the curvature sample is every training row (digits has fewer than the default)
     recipe = dict(model="mlp", model_params={"hidden_sizes": [64]}, epochs=10, batch_size=32,
-                  lr=0.05, momentum=0.9, seed=0)
+                  lr=0.05, momentum=0.9, seed=0, cache_samples=None)
     ids = random_forget_ids(train, 0.4, seed=0)
     scores = {}
     for guard in (None, 1.0):  # 1.0: the default
@@ -450,15 +451,16 @@ def test_an_external_validation_set_gives_retrains_base_model(digits):
 def test_nothing_computed_from_forgotten_ids_stays_in_the_store(digits, tmp_path):
     train, _ = digits
     params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
-              "model_params": {"hidden_sizes": [8]}, "refresh_after": None}
+              "model_params": {"hidden_sizes": [8]}, "refresh_after": None,
+              "cache_samples": None}
     m = PUMA(**params, store=tmp_path / "puma").fit(train)
     old = m.fitted_
     old_blobs = {b: s.blob_name for b, s in old.cache.buckets.items()}
     val_id = int(old.val_ids[0])
     train_id = int(np.setdiff1d(m.training_data.ids, old.val_ids)[0])
     report = m.forget([train_id, val_id])
-    # the sample part of the training id's bucket (every digits row is in the curvature
-    # sample here) and the criterion part of the validation id's
+    # the sample part of the training id's bucket (every row is in the curvature sample
+    # here) and the criterion part of the validation id's
     touched = {int(data_buckets(np.array([train_id]))[0]),
                CRITERION_PART + int(data_buckets(np.array([val_id]))[0])}
     assert old.cache.sample_fraction == 1.0

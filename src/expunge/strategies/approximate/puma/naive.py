@@ -59,7 +59,7 @@ class NaiveInfluence(PUMA):
         damping: float | str = "auto",
         scope: str = "all",
         hessian: str = "ggn",
-        cache_samples: int | None = 2048,
+        cache_samples: int | None = 1024,
         preconditioner: str = "kfac",
         tol: float = 1e-5,
         max_iter: int = 200,
