@@ -16,6 +16,7 @@ from expunge.strategies.approximate.curvature import (
     LossCurvature,
     calibrate_damping,
     conjugate_gradient,
+    eigenvalue_correction,
     diagonal_ggn,
     kfac_factors,
     kfac_layers,
@@ -309,3 +310,40 @@ def test_calibration_finds_the_damping_where_the_prediction_meets_the_target():
     curve.loss = lambda damping: 0.5 + 1.0 / (1.0 + damping)  # type: ignore[method-assign]
     ceiling = calibrate_damping(curve, target=0.4, base=1e-4)  # type: ignore[arg-type]
     assert ceiling.status == "ceiling" and ceiling.damping == pytest.approx(1e-4 * 1e6)
+
+
+# -------------------------------------------------------------------------- EK-FAC
+@pytest.mark.parametrize("which", ["mlp", "conv"])
+def test_ekfac_eigenvalues_are_the_exact_ggn_diagonal_in_the_kfac_eigenbasis(which):
+    """EK-FAC (George et al. 2018): in each layer's basis u_G[:, o] kron u_A[:, j], the
+    corrected eigenvalue is the exact mean Gauss-Newton matrix's Rayleigh quotient, and
+    the corrected inverse is diagonal there with exactly those values."""
+    if which == "mlp":
+        module = _seeded(lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
+        X, y = _data(11, (4,))
+    else:
+        module = _seeded(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2),
+                                               nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)))
+        X, y = _data(7, (2, 4, 4))
+    curv = LossCurvature(module, X, y, chunk_size=4)
+    layers, uncovered = kfac_layers(curv)
+    rows = np.arange(len(y))
+    base = KFACInverse(kfac_factors(curv, layers, uncovered, rows), layers, uncovered,
+                       curv.size)
+    values = eigenvalue_correction(curv, layers, base, rows)
+    H = _explicit_ggn(curv, rows) / len(rows)  # the mean Gauss-Newton matrix
+    corrected = base.corrected(values)
+    differs = False
+    for lay, eig, S in zip(layers, base.eigen, values, strict=True):
+        assert S.shape == (lay.out_dim, lay.in_dim)
+        for o in range(lay.out_dim):
+            for j in range(lay.in_dim):
+                v = torch.zeros(curv.size, dtype=DT)
+                lay.scatter(torch.outer(eig.u_g[:, o], eig.u_a[:, j]), v)
+                assert float(S[o, j]) == pytest.approx(float(v @ H @ v), rel=1e-9, abs=1e-12)
+                # the corrected matrix is diagonal in this basis, with these eigenvalues
+                torch.testing.assert_close(corrected.matvec(v), S[o, j] * v, rtol=1e-9,
+                                           atol=1e-12)
+                differs |= abs(float(S[o, j]) - float(eig.s_g[o] * eig.s_a[j])) > 1e-6
+    assert differs  # K-FAC's products are not the exact diagonal here
+    assert base.eigen[0].corrected is None  # the K-FAC inverse is left as it was

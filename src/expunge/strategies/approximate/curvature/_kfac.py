@@ -29,6 +29,8 @@ Kronecker model and for any ``delta`` without refactoring.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -367,15 +369,20 @@ def input_factor_sums(curv: LossCurvature, layers: Sequence[KFACLayer], which: S
 @dataclass(frozen=True)
 class LayerEigen:
     """Eigendecompositions of one layer's mean factors: ``A = U_A diag(s_A) U_A^T``,
-    ``G = U_G diag(s_G) U_G^T`` (eigenvalues clamped at 0)."""
+    ``G = U_G diag(s_G) U_G^T`` (eigenvalues clamped at 0), and optionally EK-FAC's
+    corrected eigenvalues in that basis (:func:`eigenvalue_correction`)."""
 
     u_a: torch.Tensor
     s_a: torch.Tensor
     u_g: torch.Tensor
     s_g: torch.Tensor
+    corrected: torch.Tensor | None = None
 
     def eigenvalues(self) -> torch.Tensor:
-        """The ``(out, in)`` eigenvalues ``s_G s_A^T`` of the block ``G kron A``."""
+        """The ``(out, in)`` eigenvalues of the block in the basis ``U_G kron U_A``:
+        ``s_G s_A^T`` (K-FAC), or the corrected ones (EK-FAC)."""
+        if self.corrected is not None:
+            return self.corrected
         return torch.outer(self.s_g, self.s_a)
 
 
@@ -422,7 +429,9 @@ class KFACInverse:
         """
         total, count = 0.0, 0
         for lay, eig in zip(self.layers, self.eigen, strict=True):
-            total += float(eig.s_g.mean() * eig.s_a.mean()) * lay.out_dim * lay.in_dim
+            mean = (float(eig.corrected.mean()) if eig.corrected is not None
+                    else float(eig.s_g.mean() * eig.s_a.mean()))
+            total += mean * lay.out_dim * lay.in_dim
             count += lay.out_dim * lay.in_dim
         total += float(self.diagonal.sum())
         count += int(self.diagonal.numel())
@@ -440,6 +449,14 @@ class KFACInverse:
         out[mask] = b[mask] * (self.diagonal + damping) ** power
         return out
 
+    def corrected(self, eigenvalues: Sequence[torch.Tensor]) -> KFACInverse:
+        """The same eigenbases with EK-FAC's eigenvalues (one ``(out, in)`` tensor per
+        layer, from :func:`eigenvalue_correction`): a new inverse, this one unchanged."""
+        other = copy.copy(self)
+        other.eigen = [dataclasses.replace(eig, corrected=values.clamp_min(0.0))
+                       for eig, values in zip(self.eigen, eigenvalues, strict=True)]
+        return other
+
     def solve(self, b: torch.Tensor, damping: float) -> torch.Tensor:
         """``(K + damping I)^{-1} b`` for ``b`` of shape ``(p,)`` or ``(k, p)``.
 
@@ -452,3 +469,59 @@ class KFACInverse:
         """``(K + damping I) v``: the approximate curvature itself (tests, diagnostics)."""
         return self._apply(v, float(damping), 1.0)
 
+
+
+# ====================================================================== EK-FAC correction
+#: floats of one batch of per-sample, per-root layer gradients (bounds a sub-batch)
+CORRECTION_FLOATS = 8_000_000
+
+
+def eigenvalue_correction(curv: LossCurvature, layers: Sequence[KFACLayer],
+                          inverse: KFACInverse, rows: torch.Tensor | np.ndarray,
+                          weights: torch.Tensor | np.ndarray | float | None = None, *,
+                          theta: torch.Tensor | None = None, progress: Progress = NO_PROGRESS,
+                          task: int | None = None) -> list[torch.Tensor]:
+    """EK-FAC's eigenvalues (George et al. 2018, "Fast approximate natural gradient descent
+    in a Kronecker-factored eigenbasis", section 3): the diagonal of the exact mean
+    Gauss-Newton matrix of each covered layer in its K-FAC eigenbasis ``U_G kron U_A``,
+
+        ``S[o, j] = (1/W) sum_i w_i sum_c ((U_G^T M_ic U_A)[o, j])^2``,
+
+    with ``M_ic = sum_t delta_ict a_it^T`` the layer's gradient of row ``i`` along the
+    ``c``-th root of the output Hessian (:func:`output_hessian_roots`; ``t``: positions of a
+    convolution). K-FAC's ``s_G s_A^T`` is this diagonal only if the layer's inputs and
+    output derivatives are independent; the correction drops that assumption and keeps
+    the basis, so it is exact wherever the Gauss-Newton matrix is diagonal in that basis.
+    ``weights=None``: every row weight 1.
+
+    Cost: one forward and ``K`` backward passes over ``rows`` (as the factors), plus per
+    row ``O(K out in)`` (a linear layer: one product of squares) or ``O(K T out in)`` (a
+    convolution: its per-row gradient matrices, in sub-batches).
+    """
+    theta = curv.theta if theta is None else theta
+    rows_t = torch.as_tensor(np.asarray(rows), dtype=torch.int64)
+    if weights is None:
+        weights = torch.ones(rows_t.shape[0], dtype=curv.dtype)
+    sums = [torch.zeros(lay.out_dim, lay.in_dim, dtype=curv.dtype) for lay in layers]
+    total = 0.0
+    for chunk, wc in _pass_chunks(curv, layers, rows_t, weights, theta):
+        total += float(wc.sum())
+        z, inputs, outputs, _ = capture_layers(curv, layers, chunk, theta)
+        derivatives = output_derivatives(z, outputs, output_hessian_roots(z), keep_graph=False)
+        for k, (lay, g_all, eig) in enumerate(zip(layers, derivatives, inverse.eigen,
+                                                   strict=True)):
+            a = lay.inputs(inputs[k]) @ eig.u_a  # (B, T, in): U_A^T a_it
+            n_roots, batch = g_all.shape[0], g_all.shape[1]
+            g = (lay.outputs(g_all.flatten(0, 1)) @ eig.u_g).reshape(
+                n_roots, batch, a.shape[1], lay.out_dim)  # (C, B, T, out): U_G^T delta
+            if a.shape[1] == 1:  # a rank-one gradient per row and root: square the factors
+                sums[k] += torch.einsum("cbo,bi->oi", g[:, :, 0] ** 2 * wc[None, :, None],
+                                        a[:, 0] ** 2)
+                continue
+            step = max(1, CORRECTION_FLOATS // max(n_roots * lay.out_dim * lay.in_dim, 1))
+            for start in range(0, batch, step):
+                stop = start + step
+                m = torch.einsum("cbto,bti->cboi", g[:, start:stop], a[start:stop])
+                sums[k] += torch.einsum("cboi,b->oi", m ** 2, wc[start:stop])
+        progress.advance(task, int(chunk.shape[0]))
+    return [s / max(total, 1e-300) for s in sums]

@@ -32,7 +32,8 @@ class PumaModel(FittedModel):
         self.info = dict(info or {})
         self._fingerprint = module_fingerprint(self.module)
         #: harmfulness scores computed on demand at these parameters (never stored)
-        self.scores: tuple[np.ndarray, np.ndarray] | None = None
+        #: harmfulness scores by curvature (computed on demand, never stored)
+        self.scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def single_module(self) -> nn.Module:
         return self.module
