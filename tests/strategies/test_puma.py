@@ -645,6 +645,34 @@ def test_a_cache_written_before_the_split_is_recomputed_by_whole_buckets(digits)
     assert float(totals.crit_count.sum()) == float(split.crit_count.sum()) - 1
 
 
+def test_a_large_batch_estimates_the_retained_mean_gradient_afresh(digits, tmp_path):
+    """A batch with more than |S|/4 forgotten samples gets g_bar from 4 m retained rows
+    at the current parameters (all of them if fewer), not from the curvature sample; the
+    rows are a keyed subset, so a reopened store gives the same bits; a small request
+    keeps the cache's estimate."""
+    from expunge.strategies.approximate.puma._request import MEAN_GRADIENT_ROWS_PER_SAMPLE
+
+    train, _ = digits
+    params = {**PUMA._test_params(), "solver": "kfac", "model": "mlp",
+              "model_params": {"hidden_sizes": [8]}, "refresh_after": None,
+              "cache_samples": 64}
+    m = PUMA(**params, store=tmp_path / "s").fit(train)
+    shutil.copytree(tmp_path / "s", tmp_path / "copy")
+    n_train = len(m.training_data) - len(m.fitted_.val_ids)
+    train_ids = np.setdiff1d(m.training_data.ids, m.fitted_.val_ids)
+    assert m.forget(train_ids[:3]).details["mean_gradient_rows"] == 0
+    batch = train_ids[3:303]
+    rows = m.forget(batch).details["mean_gradient_rows"]
+    retained = n_train - 303
+    assert rows == min(retained, MEAN_GRADIENT_ROWS_PER_SAMPLE * 300) == retained
+    reopened = expunge.open(tmp_path / "copy")
+    reopened.forget(train_ids[:3])
+    reopened.forget(batch)
+    assert reopened.fingerprint() == m.fingerprint()
+    reopened.close()
+    m.close()
+
+
 def _bucket_rows(lin):
     from expunge.strategies.approximate.puma._cache import bucket_rows
 

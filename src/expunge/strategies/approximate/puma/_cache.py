@@ -67,6 +67,7 @@ CRITERION_PART = DATA_BUCKETS
 VALIDATION_KEY = "puma-validation"
 SAMPLE_KEY = "puma-curvature-sample"
 CANDIDATE_KEY = "puma-candidates"
+GRADIENT_KEY = "puma-mean-gradient"
 
 
 def keyed_subset(seed: int, purpose: str, ids: np.ndarray, fraction: float) -> np.ndarray:

@@ -24,6 +24,7 @@ from expunge.models import module_fingerprint
 from expunge.strategies.approximate.curvature import SolveResult, warn_approximation
 from expunge.strategies.approximate.puma._cache import (
     CANDIDATE_KEY,
+    GRADIENT_KEY,
     PumaCache,
     keyed_subset,
     touched_parts,
@@ -141,7 +142,10 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
                               whole_class=bool(newly_removed))
         with clock.stage("forgotten_gradients"):
             forgotten_sum = lin.curv.gradient(rows_m, 1.0, regularizer=False)
-            mean = ((n - m) * totals.mean_gradient + forgotten_sum) / n
+        with clock.stage("mean_gradient"):
+            retained_mean, gbar_rows = _retained_mean_gradient(strategy, lin, totals, rows_m)
+            mean = ((n - m) * retained_mean + forgotten_sum) / n
+        details["mean_gradient_rows"] = gbar_rows
         support, mass, V = None, 0.0, None
         if strategy.reweights:
             # the criterion directions depend on the cached sums only with K-FAC at the
@@ -214,6 +218,36 @@ def forget(strategy: PUMA, fitted: PumaModel, ids: np.ndarray, retained: Indexed
     info["last_request"] = details["seconds"]
     return PumaModel(module, new_val, removed_classes=removed, cache=new_cache,
                      info=info), details
+
+
+#: a batch's retained mean gradient comes from at least this many retained rows per
+#: forgotten sample (see :func:`_retained_mean_gradient`)
+MEAN_GRADIENT_ROWS_PER_SAMPLE = 4
+
+
+def _retained_mean_gradient(strategy: PUMA, lin: Linearisation, totals: Any,
+                            rows_m: np.ndarray) -> tuple[torch.Tensor, int]:
+    """``g_bar_R``, the mean cross-entropy gradient over the retained training rows, and
+    how many rows it was computed on (0: the cache's curvature-sample estimate).
+
+    The patch's ``m g_bar`` term carries the estimate's noise ``m sigma / sqrt(|S|)``
+    against a signal of order ``sqrt(m) sigma``: for a batch that is large against the
+    curvature sample it dominates. Measured on MNIST (5 % removed, 1,024-row sample): test
+    accuracy 1.2 points below Retrain's with the sample's estimate, +0.02 with the exact
+    retained mean (2,048 rows: -0.53 and -0.11). So a batch with more than ``|S| /``
+    :data:`MEAN_GRADIENT_ROWS_PER_SAMPLE` forgotten training samples gets a fresh
+    estimate at the current parameters over a keyed subset of
+    ``MEAN_GRADIENT_ROWS_PER_SAMPLE * m`` retained rows (all of them if fewer): one
+    gradient pass over ``O(m)`` rows, computed in the request and never stored."""
+    m = len(rows_m)
+    wanted = MEAN_GRADIENT_ROWS_PER_SAMPLE * m
+    if wanted <= totals.n_sample:
+        return totals.mean_gradient, 0
+    retained = lin.train_rows[~np.isin(lin.train_rows, rows_m)]
+    fraction = min(1.0, wanted / max(len(retained), 1))
+    rows = retained[keyed_subset(int(strategy.seed), GRADIENT_KEY, lin.data.ids[retained],
+                                 fraction)]
+    return lin.curv.gradient(rows, None, regularizer=False), len(rows)
 
 
 def refresh_cache(strategy: PUMA, module: torch.nn.Module, data: IndexedDataset,
