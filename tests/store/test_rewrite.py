@@ -13,7 +13,7 @@ import torch
 
 import expunge
 from expunge.exceptions import StoreIntegrityError
-from expunge.store import open_store
+from expunge.store import StoreKey, open_store
 from expunge.store._layout import blob_path
 from expunge.store._rewrite import (
     Rewrite,
@@ -222,3 +222,39 @@ def test_stores_that_cannot_rewrite_decline(small_digits, tmp_path):
         assert tensor_regions(blob_path(tmp_path / "s", "data/plain2").read_bytes())["x"][1] - \
             tensor_regions(blob_path(tmp_path / "s", "data/plain2").read_bytes())["x"][0] == 128
     store.close()
+
+
+def test_a_bucket_changed_after_the_handle_hashed_it_is_hashed_again(small_digits, tmp_path,
+                                                                    monkeypatch):
+    """The rewrite trusts a bucket this handle hashed only while the file's inode, size
+    and times are unchanged: an unchanged one is not hashed again, a changed one is, and
+    a tampered one is refused."""
+    import time
+
+    path = tmp_path / "s"
+    expunge.Retrain(**PARAMS, store=path).fit(small_digits).close()
+    time.sleep(0.1)  # past the racy window: the stamps read below are trusted
+    model = expunge.open(path)
+    store = model.store_
+    hashed: list[int] = []
+    digest = StoreKey.digest
+
+    def counting(key, purpose, *chunks):
+        if purpose == "blob":
+            hashed.append(sum(len(memoryview(c)) for c in chunks if not isinstance(c, str)))
+        return digest(key, purpose, *chunks)
+
+    monkeypatch.setattr(StoreKey, "digest", counting)
+    first, second = small_digits.ids[[10]], small_digits.ids[[11]]
+    sizes = {p.stat().st_size for p in _data_files(path).values()}
+    model.forget(first)
+    # one bucket staged: its new digest only (the old file was hashed when loaded)
+    assert len([n for n in hashed if n in sizes]) == 1
+    bucket = _stored_data.data_buckets(second)[0]
+    victim = next(p for n, p in _data_files(path).items() if n.startswith(f"train-{bucket:02d}-"))
+    content = bytearray(victim.read_bytes())
+    content[-1] ^= 1
+    victim.write_bytes(bytes(content))
+    with pytest.raises(StoreIntegrityError, match="does not match the digest"):
+        model.forget(second)
+    model.close()

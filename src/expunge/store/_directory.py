@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,6 +62,8 @@ class DirectoryStore(Store):
                 "Create one with fit(..., store=PATH) or `expunge fit --store PATH`."
             )
         self.writable = os.access(root, os.W_OK)
+        #: blob -> (file stamp, digest) of files this handle hashed or wrote itself
+        self._hashed: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         super().__init__(self._connect(create))
         self._write_lock = FileLock(root / layout.WRITE_LOCK,
                                     f"the write lock of store {str(root)!r}", record_holder=True)
@@ -178,18 +181,28 @@ class DirectoryStore(Store):
             return
         with os_errors("write", next(iter(pending))):
             atomic_write_many([(path, parts) for path, (_, parts, _) in pending.items()])
-        for name, _, digest in pending.values():
+        for path, (name, _, digest) in pending.items():
             self._known[name] = digest
+            self._record(name, _stamp(path), digest)
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
         path = layout.blob_path(self.root, name)
         return decode(self._checked_bytes(name), str(path))
 
-    def _checked_bytes(self, name: str) -> bytes:
-        """The bytes of blob ``name``, checked against its committed digest."""
+    def _checked_bytes(self, name: str, *, trust_unchanged: bool = False) -> bytes:
+        """The bytes of blob ``name``, checked against its committed digest.
+
+        ``trust_unchanged``: skip re-hashing a file this handle has hashed (or written)
+        itself and whose inode, size, modification and change times are still those it
+        recorded then (the change time cannot be set from user space; the read path and
+        ``verify`` always re-hash)."""
         path = layout.blob_path(self.root, name)
         expected = self._known.get(name)
+        stamp = _stamp(path)
         data = read_file(path, name, self.root, committed=expected is not None)
+        if trust_unchanged and expected is not None and stamp is not None \
+                and self._hashed.get(name) == (stamp, expected):
+            return data  # (a stamp is only recorded when it is not racy: see _record)
         digest = self.key.digest("blob", data)
         if expected is not None and digest != expected:
             raise StoreIntegrityError(
@@ -198,13 +211,25 @@ class DirectoryStore(Store):
                 "Restore it from a backup, or refit into a new store."
             )
         self._known[name] = digest
+        self._record(name, stamp, digest)
         return data
+
+    def _record(self, name: str, stamp: tuple[int, int, int, int] | None, digest: str) -> None:
+        """Remember that blob ``name`` with this file stamp has this digest, unless the
+        stamp is *racy*: a file changed less than :data:`RACY_NS` before now could be
+        changed again within the clock's granularity without its times moving (git's
+        racy-clean rule), so it is hashed again next time."""
+        self._hashed.pop(name, None)
+        if stamp is not None and time.time_ns() - stamp[3] > RACY_NS:
+            self._hashed[name] = (stamp, digest)
 
     def rewrite_blob(self, source: str, target: str, plan: RewritePlan) -> bool:
         if source not in self._known or target.startswith(CACHE_PREFIX) or \
                 self.has_blob(target) or not self.has_blob(source):
             return False
-        data = self._checked_bytes(source)
+        # the handle hashed the bucket when it loaded the data (or wrote it): re-hashing an
+        # unchanged file would cost a full HMAC pass per touched bucket and request
+        data = self._checked_bytes(source, trust_unchanged=True)
         if data[:4] == ZSTD_MAGIC:  # compressed: its rows have no fixed place
             return False
         where = str(layout.blob_path(self.root, source))
@@ -224,6 +249,12 @@ class DirectoryStore(Store):
                   r.patches) for r in rewrites if not self.has_blob(r.target)]
         with os_errors("rewrite", layout.blobs_dir(self.root)):
             apply_to_files(moves)
+        for rewrite in rewrites:  # what this handle wrote is what it hashed
+            self._hashed.pop(rewrite.source, None)
+            if rewrite.target in self._known:
+                self._record(rewrite.target,
+                             _stamp(layout.blob_path(self.root, rewrite.target)),
+                             self._known[rewrite.target])
 
     def blob_digest(self, name: str) -> str:
         path = layout.blob_path(self.root, name)
@@ -254,6 +285,7 @@ class DirectoryStore(Store):
     def delete_blob(self, name: str) -> None:
         if self.write_hook is not None:
             self.write_hook("delete", name)
+        self._hashed.pop(name, None)
         path = layout.blob_path(self.root, name)
         with os_errors("delete", path):
             path.unlink(missing_ok=True)
@@ -314,3 +346,16 @@ class DirectoryStore(Store):
     def manifest_digest(self) -> str | None:
         data = self._manifest_bytes()
         return None if data is None else self.key.digest("manifest", data)
+
+
+#: a file stamp younger than this is not trusted (timestamps move in clock ticks of 1-10 ms)
+RACY_NS = 50_000_000
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """``(inode, size, mtime_ns, ctime_ns)`` of a file, or ``None`` if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
