@@ -646,7 +646,7 @@ def test_a_cache_written_before_the_split_is_recomputed_by_whole_buckets(digits)
 
 
 def test_a_large_batch_estimates_the_retained_mean_gradient_afresh(digits, tmp_path):
-    """A batch with more than |S|/4 forgotten samples gets g_bar from 4 m retained rows
+    """A batch with more forgotten samples than |S| has rows gets g_bar from 4 m retained rows
     at the current parameters (all of them if fewer), not from the curvature sample; the
     rows are a keyed subset, so a reopened store gives the same bits; a small request
     keeps the cache's estimate."""

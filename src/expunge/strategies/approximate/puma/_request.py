@@ -231,17 +231,19 @@ def _retained_mean_gradient(strategy: PUMA, lin: Linearisation, totals: Any,
     how many rows it was computed on (0: the cache's curvature-sample estimate).
 
     The patch's ``m g_bar`` term carries the estimate's noise ``m sigma / sqrt(|S|)``
-    against a signal of order ``sqrt(m) sigma``: for a batch that is large against the
-    curvature sample it dominates. Measured on MNIST (5 % removed, 1,024-row sample): test
-    accuracy 1.2 points below Retrain's with the sample's estimate, +0.02 with the exact
-    retained mean (2,048 rows: -0.53 and -0.11). So a batch with more than ``|S| /``
-    :data:`MEAN_GRADIENT_ROWS_PER_SAMPLE` forgotten training samples gets a fresh
-    estimate at the current parameters over a keyed subset of
-    ``MEAN_GRADIENT_ROWS_PER_SAMPLE * m`` retained rows (all of them if fewer): one
-    gradient pass over ``O(m)`` rows, computed in the request and never stored."""
+    against a signal of order ``sqrt(m) sigma``, a ratio of ``sqrt(m / |S|)``: for a batch
+    larger than the curvature sample it dominates. Measured on MNIST (5 % removed,
+    1,024-row sample): test accuracy 1.2 points below Retrain's with the sample's
+    estimate, +0.02 with the exact retained mean (2,048 rows: -0.53 and -0.11); at 1 %
+    (540 forgotten, ratio 0.73) the fresh estimate gained 0.05 point for 32 ms on the MLP
+    and 0.47 s on LeNet. So a batch with more forgotten training samples than the retained
+    curvature sample has rows gets a fresh estimate at the current parameters over a
+    keyed subset of ``MEAN_GRADIENT_ROWS_PER_SAMPLE * m`` retained rows (all of them if
+    fewer): one gradient pass over ``O(m)`` rows, computed in the request and never
+    stored."""
     m = len(rows_m)
     wanted = MEAN_GRADIENT_ROWS_PER_SAMPLE * m
-    if wanted <= totals.n_sample:
+    if m <= totals.n_sample:
         return totals.mean_gradient, 0
     retained = lin.train_rows[~np.isin(lin.train_rows, rows_m)]
     fraction = min(1.0, wanted / max(len(retained), 1))
