@@ -4,13 +4,13 @@ Shared by the store directory (:class:`~expunge.store.DirectoryStore`) and the w
 blob-only view (:class:`~expunge.store.WorkerDirectoryStore`), so both write the same bytes
 atomically and refuse the same damaged files. Loading never executes code (safetensors).
 
-A blob written with ``compress=True`` (the stored training data) is its safetensors bytes
-in one zstd frame (level 1, one thread): an image bucket of MNIST shrinks ~10x for ~17 ms of
-compression per 12 MB, less than writing, syncing and keying the bytes it saves
-(``benchmarks/measure_stored_data.py``). Readers tell the two apart by the frame's magic
-number, which cannot begin a safetensors file (its first 8 bytes are the header's length,
-and a header of ``0xFD2FB528`` bytes is refused), so stores written before compression read
-as they are.
+A blob written with ``compress=True`` is its safetensors bytes in one zstd frame (level 1,
+one thread): an image bucket of MNIST shrinks ~10x for ~17 ms of compression per 12 MB.
+Stores of one version compressed their training data this way; today it is stored plain,
+so that a request can overwrite forgotten rows in place (:mod:`expunge.store._rewrite`,
+``benchmarks/measure_stored_data.py``), and those stores still read. Readers tell the two
+apart by the frame's magic number, which cannot begin a safetensors file (its first 8 bytes
+are the header's length, and a header of ``0xFD2FB528`` bytes is refused).
 """
 
 from __future__ import annotations

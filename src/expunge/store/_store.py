@@ -15,9 +15,10 @@ Commit protocol (what makes a request all-or-nothing), run under the store's wri
    SQLite transaction (WAL, ``synchronous=FULL``): this is the moment the request happens;
 3. blobs no longer referenced by the state are deleted (the purge), and listed in the row;
    the purge takes the read lock exclusively, so that no reader loses files mid-load.
-   Before it, the staged in-place rewrites the state records are applied
-   (:mod:`expunge.store._rewrite`): a blob that loses a few rows becomes its successor by
-   overwriting those rows' bytes and a rename, not by a copy of the rest.
+   Before it, right after the transaction and under the read lock taken before it, the
+   staged in-place rewrites the state records are applied (:mod:`expunge.store._rewrite`):
+   a blob that loses a few rows becomes its successor by overwriting those rows' bytes and
+   a rename, not by a copy of the rest.
 
 A crash before step 2 leaves unreferenced new blobs; a crash after it leaves stale old
 ones. Either way :meth:`Store.recover` (run by ``expunge.open`` when no writer holds the
@@ -128,10 +129,11 @@ class Store(ABC):
 
         ``plan`` gets the source's tensors, metadata and byte regions (checked against its
         committed digest first) and returns the patches, or ``None`` to decline. The
-        target's digest is known at once; its file appears when the commit that names it
-        is purged (:meth:`collect_garbage`). Nothing changes on disk before the commit. A
-        backend that cannot (memory; a compressed source) declines: the caller writes the
-        target with :meth:`write_blob`.
+        target's digest is known at once; its file appears right after the commit that
+        names it (:meth:`commit` applies the patches and renames, holding the read lock;
+        :meth:`recover` finishes it after a crash). Nothing changes on disk before the
+        commit. A backend that cannot (memory; a compressed source) declines: the caller
+        writes the target with :meth:`write_blob`.
         """
         return False
 

@@ -8,7 +8,10 @@ rewrites only the buckets that held a forgotten id (1/16 of the data for a singl
 keeps the others, which are content-addressed: a bucket's blob name is a hash of the
 original dataset's keyed fingerprint (an HMAC under the store's secret, so names reveal
 nothing checkable about the data), the bucket and the ids it holds, so an unchanged bucket
-keeps its name and its bytes.
+keeps its name and its bytes. A touched bucket is not copied either: its forgotten rows
+are overwritten in place and the file renamed to its new name (see
+:func:`write_training_data`), so a random 1 % batch, which touches every bucket, writes
+the forgotten rows' bytes and not the retained data again.
 
 Inputs are stored in the dataset's stored dtype (uint8 images as uint8: the store holds
 about the raw bytes of the retained data, plus 24 bytes a sample for label, id and position)
