@@ -62,7 +62,8 @@ def write_all(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview
 
 def atomic_write_bytes(path: Path,
                        data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-    atomic_write(path, lambda tmp: write_all(tmp, data))
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    atomic_write_many([(path, parts)])
 
 
 def atomic_write_many(files: Sequence[tuple[Path, Sequence[bytes | memoryview]]]) -> None:

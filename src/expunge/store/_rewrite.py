@@ -23,6 +23,7 @@ over where they lie (copy-on-write file systems and SSD wear levelling aside; do
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -99,16 +100,23 @@ def patched_parts(data: bytes | memoryview, patches: tuple[Patch, ...]) -> Itera
     """The bytes of ``data`` with ``patches`` applied, as consecutive parts (no copy of the
     unpatched ranges): what the file will hold, for its digest."""
     view = memoryview(data)
-    fills: dict[tuple[int, int], bytes] = {}
     position = 0
     for offset, length, fill in patches:
         yield view[position:offset]
-        block = fills.get((length, fill))
-        if block is None:
-            block = fills[(length, fill)] = bytes([fill]) * length
-        yield block
+        yield _block(length, fill)
         position = offset + length
     yield view[position:]
+
+
+def _block(length: int, fill: int) -> bytes:
+    """``length`` bytes of ``fill`` (rows of one tensor share a few lengths: small blocks
+    are made once)."""
+    return _small_block(length, fill) if length <= 65_536 else bytes([fill]) * length
+
+
+@functools.lru_cache(maxsize=64)
+def _small_block(length: int, fill: int) -> bytes:
+    return bytes([fill]) * length
 
 
 def apply_to_files(moves: list[tuple[Path, Path, tuple[Patch, ...]]]) -> None:
@@ -126,12 +134,8 @@ def apply_to_files(moves: list[tuple[Path, Path, tuple[Patch, ...]]]) -> None:
     for source, _, patches in moves:
         fd = os.open(source, os.O_RDWR)
         try:
-            fills: dict[tuple[int, int], bytes] = {}
             for offset, length, fill in patches:
-                block = fills.get((length, fill))
-                if block is None:
-                    block = fills[(length, fill)] = bytes([fill]) * length
-                os.pwrite(fd, block, offset)
+                os.pwrite(fd, _block(length, fill), offset)
             sync(fd)
         finally:
             os.close(fd)
