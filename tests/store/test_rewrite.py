@@ -138,7 +138,8 @@ def test_a_crash_after_the_commit_is_finished_on_reopen(small_digits, tmp_path, 
     _same_data(reopened.training_data, small_digits.drop(forgotten))
     assert reopened.verify() == 2
     reopened.forget(small_digits.ids[[7]])  # and requests go on
-    twin = expunge.Retrain(**PARAMS).fit(small_digits.drop(np.append(forgotten, small_digits.ids[7])))
+    gone = np.append(forgotten, small_digits.ids[7])
+    twin = expunge.Retrain(**PARAMS).fit(small_digits.drop(gone))
     assert reopened.fingerprint() == twin.fingerprint()
     reopened.close()
 
@@ -235,7 +236,6 @@ def test_a_bucket_changed_after_the_handle_hashed_it_is_hashed_again(small_digit
     expunge.Retrain(**PARAMS, store=path).fit(small_digits).close()
     time.sleep(0.1)  # past the racy window: the stamps read below are trusted
     model = expunge.open(path)
-    store = model.store_
     hashed: list[int] = []
     digest = StoreKey.digest
 
