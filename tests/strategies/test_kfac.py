@@ -85,16 +85,22 @@ def _explicit_factors(curv, rows):
 
 
 # -------------------------------------------------------------------------- factors
-@pytest.mark.parametrize("which", ["mlp", "conv"])
-def test_factors_match_the_sample_by_sample_definition(which):
+def _two_layer_curvature(which: str, n_mlp: int) -> LossCurvature:
+    """A tanh MLP 4-5-3 on ``n_mlp`` rows, or a conv net (stride 2, padding 1) on 7 rows."""
     if which == "mlp":
         module = _seeded(lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
-        X, y = _data(9, (4,))
+        X, y = _data(n_mlp, (4,))
     else:
         module = _seeded(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2),
                                                nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)))
         X, y = _data(7, (2, 4, 4))
-    curv = LossCurvature(module, X, y, chunk_size=4)
+    return LossCurvature(module, X, y, chunk_size=4)
+
+
+@pytest.mark.parametrize("which", ["mlp", "conv"])
+def test_factors_match_the_sample_by_sample_definition(which):
+    curv = _two_layer_curvature(which, 9)
+    y = curv.y
     layers, uncovered = kfac_layers(curv)
     assert len(layers) == 2 and not uncovered.any()
     rows = np.arange(len(y))
@@ -318,16 +324,9 @@ def test_ekfac_eigenvalues_are_the_exact_ggn_diagonal_in_the_kfac_eigenbasis(whi
     """EK-FAC (George et al. 2018): in each layer's basis u_G[:, o] kron u_A[:, j], the
     corrected eigenvalue is the exact mean Gauss-Newton matrix's Rayleigh quotient, and
     the corrected inverse is diagonal there with exactly those values."""
-    if which == "mlp":
-        module = _seeded(lambda: nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)))
-        X, y = _data(11, (4,))
-    else:
-        module = _seeded(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, stride=2),
-                                               nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)))
-        X, y = _data(7, (2, 4, 4))
-    curv = LossCurvature(module, X, y, chunk_size=4)
+    curv = _two_layer_curvature(which, 11)
     layers, uncovered = kfac_layers(curv)
-    rows = np.arange(len(y))
+    rows = np.arange(len(curv.y))
     base = KFACInverse(kfac_factors(curv, layers, uncovered, rows), layers, uncovered,
                        curv.size)
     values = eigenvalue_correction(curv, layers, base, rows)
