@@ -75,3 +75,35 @@ def test_choose_from_refuses_a_result_of_another_kind(tmp_path, capsys):
 def test_tune_without_out_or_choose_from_says_what_it_needs(capsys):
     assert main(["tune", "ssd", "--quick"]) == 2
     assert "needs --out FOLDER" in capsys.readouterr().err
+
+
+def test_tuning_over_several_seeds_averages_each_point_and_accepts_it_on_every_seed(
+        tmp_path, capsys):
+    """``settings.seed = [a, b]``: each grid point is scored on both tuning seeds (two
+    training runs, forget sets and targets); its objective is the mean, it is acceptable
+    only where it is on each seed, and `--choose-from` judges it the same way."""
+    import numpy as np
+
+    from expunge.bench import spec_dir
+    from expunge.bench._kinds_tune import acceptable, choose_over_rounds
+
+    text = (spec_dir() / "tune_baselines.toml").read_text()
+    assert "\nseed = 100 " in text
+    spec = tmp_path / "tune_two_seeds.toml"
+    spec.write_text(text.replace("\nseed = 100 ", "\nseed = [100, 101] ", 1))
+    out = tmp_path / "out"
+    assert main(["tune", "ssd", "--spec", str(spec), "--quick", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads((out / "tune_two_seeds.json").read_text())
+    (row,) = result["rows"]
+    assert row["seeds"] == [100, 101] and len(row["targets"]) == 2
+    assert row["targets"][0] != row["targets"][1]  # two training runs, two problems
+    rule = result["spec"]["settings"]["acceptable"]
+    for point in row["grid"]:
+        runs = point["per_seed"]
+        assert len(runs) == 2 and all(r["params"] == point["params"] for r in runs)
+        assert point["objective"] == float(np.mean([r["objective"] for r in runs]))
+        assert point["acceptable"] == all(
+            acceptable(r, t, rule) for r, t in zip(runs, row["targets"], strict=True))
+    chosen = choose_over_rounds([result], float(result["spec"]["settings"]["tie"]), rule)
+    assert chosen["ssd"]["params"] == row["chosen_params"]

@@ -152,9 +152,14 @@ def choose_over_rounds(results: list[dict[str, Any]], tie: float,
     for result in results:
         for row in result.get("rows", []):
             for point in row.get("grid", []):
+                # a point scored on several tuning seeds is acceptable when it is on each
+                runs, targets = ((point["per_seed"], row["targets"]) if "per_seed" in point
+                                 else ([point], [row["target"]]))
+                ok = all(acceptable(run, target, rule)
+                         for run, target in zip(runs, targets, strict=True))
                 pooled.setdefault(row["strategy"], []).append(
                     {**point, "target": row["target"], "run": result.get("name", "?"),
-                     "acceptable": acceptable(point, row["target"], rule)})
+                     "acceptable": ok})
     return {label: choose(points, tie) for label, points in pooled.items()}
 
 
@@ -186,10 +191,17 @@ def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
 def tune(ctx: Context) -> dict[str, Any]:
     """Every grid point of every strategy on the tuning problem; the chosen point per
     strategy (all points are kept in the row's ``grid``). ``settings.seed`` (the tuning
-    training seed) replaces the run's seed, so that tuning never uses an evaluation seed."""
-    if "seed" in ctx.spec.settings:
-        ctx = dataclasses.replace(ctx, seed=int(ctx.spec.settings["seed"]))
-    problem = tuning_problem(ctx)
+    training seed) replaces the run's seed, so that tuning never uses an evaluation seed.
+
+    ``settings.seed`` may be a list: the tuning problem is then built and every point
+    scored once per seed (each its own training run, forget sets and retrained targets),
+    and a point's objective and time are the means over the seeds; it is acceptable when
+    it is on every seed (its per-seed scores are kept in ``per_seed``, the targets in the
+    row's ``targets``). One default chosen on one training seed did not transfer to the
+    evaluation's seeds (issue 16, E8a); this is the protocol's remedy."""
+    setting = ctx.spec.settings.get("seed", ctx.seed)
+    seeds = [int(s) for s in setting] if isinstance(setting, list) else [int(setting)]
+    problems = {seed: tuning_problem(dataclasses.replace(ctx, seed=seed)) for seed in seeds}
     tie = float(ctx.spec.settings.get("tie", 0.001))
     rule = ctx.spec.settings.get("acceptable")
     grids = ctx.spec.settings["grids"]
@@ -198,19 +210,42 @@ def tune(ctx: Context) -> dict[str, Any]:
     for label in ctx.spec.strategies:
         if label == "retrain" or label not in grids or (only and label not in only):
             continue
-        fitted = ctx.scratch / f"tune-fit-{label}"
-        ctx.make(label, store=fitted).fit(problem.train).close()
-        points = []
-        for params in grid_points(grids[label]):
-            points.append(score_point(ctx, label, params, problem, fitted))
-            ctx.log(f"  {label} {params}: objective {100 * points[-1]['objective']:.2f}, "
-                    f"time {100 * points[-1]['relative_time']:.1f} %")
-        for point in points:
-            point["acceptable"] = acceptable(point, problem.target, rule)
+        scored: list[list[dict[str, Any]]] = []  # per seed, per grid point
+        for seed, problem in problems.items():
+            seeded = dataclasses.replace(ctx, seed=seed)
+            fitted = ctx.scratch / f"tune-fit-{label}-{seed}"
+            seeded.make(label, store=fitted).fit(problem.train).close()
+            scored.append([])
+            for params in grid_points(grids[label]):
+                scored[-1].append(score_point(seeded, label, params, problem, fitted))
+                ctx.log(f"  {label} {params} (seed {seed}): objective "
+                        f"{100 * scored[-1][-1]['objective']:.2f}, "
+                        f"time {100 * scored[-1][-1]['relative_time']:.1f} %")
+        targets = [problem.target for problem in problems.values()]
+        points = [_over_seeds(list(runs), targets, rule) for runs in zip(*scored)]
         chosen = choose(points, tie)
-        rows.append({"strategy": label, "chosen": ", ".join(
+        first = next(iter(problems.values()))
+        row = {"strategy": label, "chosen": ", ".join(
             f"{k}={v}" for k, v in chosen["params"].items()), "chosen_params": chosen["params"],
-            **{k: v for k, v in chosen.items() if k != "params"}, "n_points": len(points),
-            "grid": points, "target": problem.target,
-            "forget_sizes": {k: len(v) for k, v in problem.forget.items()}})
+            **{k: v for k, v in chosen.items() if k not in ("params", "per_seed")},
+            "n_points": len(points), "grid": points, "target": first.target,
+            "forget_sizes": {k: len(v) for k, v in first.forget.items()}}
+        if len(seeds) > 1:
+            row.update({"seeds": seeds, "targets": targets})
+        rows.append(row)
     return {"rows": rows}
+
+
+def _over_seeds(runs: list[dict[str, Any]], targets: list[dict[str, dict[str, float]]],
+                rule: dict[str, Any] | None) -> dict[str, Any]:
+    """One grid point scored on each tuning seed, as one point: itself for one seed; else
+    the means of its objective, time and metrics, acceptable when it is on every seed."""
+    flags = [acceptable(run, target, rule) for run, target in zip(runs, targets, strict=True)]
+    if len(runs) == 1:
+        return {**runs[0], "acceptable": flags[0]}
+    numbers = [k for k, v in runs[0].items() if isinstance(v, float)]
+    point: dict[str, Any] = {"params": runs[0]["params"]}
+    point.update({k: float(np.mean([run[k] for run in runs])) for k in numbers})
+    point["acceptable"] = all(flags)
+    point["per_seed"] = runs
+    return point
