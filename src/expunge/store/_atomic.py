@@ -31,23 +31,7 @@ def fsync_dir(path: Path) -> None:
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Create ``path`` atomically; ``write(tmp)`` produces the content at a temporary path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        os.fchmod(fd, file_mode())
-        os.close(fd)
-        fd = -1
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_many([(path, write)])
 
 
 def write_all(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
@@ -62,18 +46,27 @@ def write_all(path: Path, data: bytes | memoryview | Sequence[bytes | memoryview
 
 def atomic_write_bytes(path: Path,
                        data: bytes | memoryview | Sequence[bytes | memoryview]) -> None:
-    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    atomic_write_many([(path, parts)])
+    atomic_write(path, lambda tmp: write_all(tmp, data))
 
 
-def atomic_write_many(files: Sequence[tuple[Path, Sequence[bytes | memoryview]]]) -> None:
-    """Create several files atomically, as one batch: each is written to a temp file and
-    synced, then all are renamed, then each folder is synced once (not once per file).
+def atomic_write_parts(files: Sequence[tuple[Path, Sequence[bytes | memoryview]]]) -> None:
+    """:func:`atomic_write_bytes` for several files, as one :func:`atomic_write_many`."""
+    def writer(parts: Sequence[bytes | memoryview]) -> Callable[[Path], None]:
+        # write_all is looked up when called: tests patch it to simulate a full disk
+        return lambda tmp: write_all(tmp, parts)
+
+    atomic_write_many([(path, writer(parts)) for path, parts in files])
+
+
+def atomic_write_many(files: Sequence[tuple[Path, Callable[[Path], object]]]) -> None:
+    """Create several files atomically, as one batch: each ``write(tmp)`` produces its
+    content at a temporary path, which is synced; then all are renamed, then each folder
+    is synced once (not once per file).
 
     A crash leaves each file absent or complete (temp files are collected on reopen)."""
     temps: list[tuple[Path, Path]] = []
     try:
-        for path, data in files:
+        for path, write in files:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
                                             dir=path.parent)
@@ -82,7 +75,7 @@ def atomic_write_many(files: Sequence[tuple[Path, Sequence[bytes | memoryview]]]
                 os.fchmod(fd, file_mode())
             finally:
                 os.close(fd)
-            write_all(Path(tmp_name), data)
+            write(Path(tmp_name))
         for tmp, _ in temps:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())

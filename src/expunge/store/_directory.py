@@ -21,7 +21,7 @@ from typing import Any
 
 from expunge.exceptions import StoreError, StoreIntegrityError
 from expunge.store import _layout as layout
-from expunge.store._atomic import atomic_write_bytes, atomic_write_many
+from expunge.store._atomic import atomic_write_bytes, atomic_write_parts
 from expunge.store._blobs import ZSTD_MAGIC, Part, decode, encode_parts, read_file
 from expunge.store._fs import file_mode, os_errors, sqlite_errors
 from expunge.store._integrity import CHUNK, StoreKey
@@ -62,7 +62,7 @@ class DirectoryStore(Store):
                 "Create one with fit(..., store=PATH) or `expunge fit --store PATH`."
             )
         self.writable = os.access(root, os.W_OK)
-        #: blob -> (file stamp, digest) of files this handle hashed or wrote itself
+        #: blob -> (file stamp, digest) of files this handle hashed itself (not racily)
         self._hashed: dict[str, tuple[tuple[int, int, int, int], str]] = {}
         super().__init__(self._connect(create))
         self._write_lock = FileLock(root / layout.WRITE_LOCK,
@@ -180,10 +180,11 @@ class DirectoryStore(Store):
         if not pending:
             return
         with os_errors("write", next(iter(pending))):
-            atomic_write_many([(path, parts) for path, (_, parts, _) in pending.items()])
-        for path, (name, _, digest) in pending.items():
+            atomic_write_parts([(path, parts) for path, (_, parts, _) in pending.items()])
+        for name, _, digest in pending.values():
+            # its stamp is racy now (just written): hashed again before a rewrite trusts it
             self._known[name] = digest
-            self._record(name, _stamp(path), digest)
+            self._hashed.pop(name, None)
 
     def read_blob(self, name: str) -> tuple[Tensors, Metadata]:
         path = layout.blob_path(self.root, name)
@@ -192,10 +193,10 @@ class DirectoryStore(Store):
     def _checked_bytes(self, name: str, *, trust_unchanged: bool = False) -> bytes:
         """The bytes of blob ``name``, checked against its committed digest.
 
-        ``trust_unchanged``: skip re-hashing a file this handle has hashed (or written)
-        itself and whose inode, size, modification and change times are still those it
-        recorded then (the change time cannot be set from user space; the read path and
-        ``verify`` always re-hash)."""
+        ``trust_unchanged``: skip re-hashing a file this handle has hashed itself and whose
+        inode, size, modification and change times are still those it recorded then (the
+        change time cannot be set from user space; the read path and ``verify`` always
+        re-hash)."""
         path = layout.blob_path(self.root, name)
         expected = self._known.get(name)
         stamp = _stamp(path)
@@ -227,8 +228,8 @@ class DirectoryStore(Store):
         if source not in self._known or target.startswith(CACHE_PREFIX) or \
                 self.has_blob(target) or not self.has_blob(source):
             return False
-        # the handle hashed the bucket when it loaded the data (or wrote it): re-hashing an
-        # unchanged file would cost a full HMAC pass per touched bucket and request
+        # the handle hashed the bucket when it loaded the data: re-hashing an unchanged
+        # file would cost a full HMAC pass per touched bucket and request
         data = self._checked_bytes(source, trust_unchanged=True)
         if data[:4] == ZSTD_MAGIC:  # compressed: its rows have no fixed place
             return False
@@ -249,12 +250,9 @@ class DirectoryStore(Store):
                   r.patches) for r in rewrites if not self.has_blob(r.target)]
         with os_errors("rewrite", layout.blobs_dir(self.root)):
             apply_to_files(moves)
-        for rewrite in rewrites:  # what this handle wrote is what it hashed
+        for rewrite in rewrites:  # the target's stamp is racy now: hashed again when read
             self._hashed.pop(rewrite.source, None)
-            if rewrite.target in self._known:
-                self._record(rewrite.target,
-                             _stamp(layout.blob_path(self.root, rewrite.target)),
-                             self._known[rewrite.target])
+            self._hashed.pop(rewrite.target, None)
 
     def blob_digest(self, name: str) -> str:
         path = layout.blob_path(self.root, name)
