@@ -107,3 +107,63 @@ def test_tuning_over_several_seeds_averages_each_point_and_accepts_it_on_every_s
             acceptable(r, t, rule) for r, t in zip(runs, row["targets"], strict=True))
     chosen = choose_over_rounds([result], float(result["spec"]["settings"]["tie"]), rule)
     assert chosen["ssd"]["params"] == row["chosen_params"]
+
+
+def test_points_on_more_tuning_seeds_supersede_one_seed_rounds():
+    """A method tuned again on several seeds is chosen among those points only, even
+    where a one-seed round has a better (incomparable) objective; a method the new round
+    leaves out keeps its one-seed choice."""
+    from expunge.bench._kinds_tune import choose_over_rounds
+
+    target = {"random": {"UA": 0.04, "TA": 0.936}}
+    rule = {"forget_set": "random", "UA": 0.02, "TA": 0.01}
+
+    def row(label, points, seeds=1):
+        row_ = {"strategy": label, "target": target, "grid": points}
+        if seeds > 1:
+            row_["targets"] = [target] * seeds
+        return row_
+
+    def seeded(point, seeds):
+        return {**point, "per_seed": [dict(point)] * seeds}
+
+    one_seed_best = {**_point(0.04, 0.936, 0.010, 0.1), "params": {"lr": 1}}
+    one_seed_other = {**_point(0.04, 0.936, 0.020, 0.1), "params": {"lr": 2}}
+    three_seed_worse = seeded({**_point(0.05, 0.93, 0.030, 0.1), "params": {"lr": 3}}, 3)
+    three_seed_off = seeded({**_point(0.09, 0.93, 0.025, 0.1), "params": {"lr": 4}}, 3)
+    round1 = {"name": "one", "rows": [row("salun", [one_seed_best]),
+                                      row("finetune", [one_seed_other])]}
+    round4 = {"name": "four", "rows": [row("salun", [three_seed_worse, three_seed_off], 3)]}
+    chosen = choose_over_rounds([round1, round4], 0.001, rule)
+    assert chosen["salun"]["params"] == {"lr": 3} and chosen["salun"]["run"] == "four"
+    assert chosen["salun"]["n_seeds"] == 3 and chosen["salun"]["acceptable"]
+    assert chosen["finetune"]["params"] == {"lr": 2} and chosen["finetune"]["run"] == "one"
+    # without the three-seed round, the one-seed point wins
+    assert choose_over_rounds([round1], 0.001, rule)["salun"]["params"] == {"lr": 1}
+
+
+def test_a_grid_over_a_fit_time_parameter_fits_once_per_value(tmp_path):
+    """Certified removal's ``l2`` and ``sigma`` are part of the training objective,
+    recorded in the store and fixed on open: the tuning fits a model per value (it failed with "cannot be changed
+    on open" when every point reopened one fitted store)."""
+    from expunge.bench import spec_dir
+    from expunge.bench._kinds_tune import split_fit_time
+
+    assert split_fit_time("certified", {"l2": 0.01, "on_budget": "retrain"}) == (
+        {"l2": 0.01}, {"on_budget": "retrain"})
+    assert split_fit_time("salun", {"unlearn_lr": 0.1}) == ({}, {"unlearn_lr": 0.1})
+    text = (spec_dir() / "tune_baselines.toml").read_text()
+    quick = 'only = ["ssd"], grids = { ssd = { alpha = [1.0, 10.0], dampening = [1.0] } }'
+    assert quick in text
+    spec = tmp_path / "tune_l2.toml"
+    spec.write_text(text.replace(
+        quick, 'only = ["certified"], grids = { certified = { l2 = [1e-3, 1.0], '
+               'sigma = [1.0] } }'))
+    out = tmp_path / "out"
+    assert main(["tune", "certified", "--spec", str(spec), "--quick", "--out", str(out),
+                 "--quiet"]) == 0
+    (row,) = json.loads((out / "tune_l2.json").read_text())["rows"]
+    small, large = row["grid"]
+    assert (small["params"]["l2"], large["params"]["l2"]) == (1e-3, 1.0)
+    # two fits: a 1000x stronger penalty gives another model (random-set accuracy moves)
+    assert small["random_RA"] != large["random_RA"]

@@ -89,9 +89,25 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
+def split_fit_time(label: str, params: dict[str, Any]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``params`` as (those the fit records, those a reopened store may change).
+
+    A fit-time parameter (certified removal's ``l2``: the training objective) is recorded
+    in the store and cannot be changed on open, so grid points that differ in one need a
+    fit of their own; the others share one fitted store."""
+    cls = expunge.get_strategy(label)
+    changeable = set(cls._runtime_params) | set(cls._request_params)
+    at_fit = {k: v for k, v in params.items() if k not in changeable}
+    return at_fit, {k: v for k, v in params.items() if k in changeable}
+
+
 def score_point(ctx: Context, label: str, params: dict[str, Any],
-                problem: TuningProblem, fitted: Path) -> dict[str, Any]:
-    """Forget each tuning set from copies of the fitted model with ``params``."""
+                problem: TuningProblem, fitted: Path,
+                on_open: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Forget each tuning set from copies of the fitted model, reopened with the point's
+    request-time parameters ``on_open`` (all of ``params`` when not given); ``params``
+    is what the row records."""
     import shutil
     import tempfile
 
@@ -101,7 +117,7 @@ def score_point(ctx: Context, label: str, params: dict[str, Any],
         copy = Path(tempfile.mkdtemp(dir=ctx.scratch, prefix="tune-"))
         shutil.rmtree(copy)
         shutil.copytree(fitted, copy)
-        strategy = expunge.open(copy, **params)
+        strategy = expunge.open(copy, **(params if on_open is None else on_open))
         report = strategy.forget(problem.forget[kind_])
         measured = _metrics(strategy, problem, kind_)
         strategy.close()
@@ -147,7 +163,12 @@ def choose_over_rounds(results: list[dict[str, Any]], tie: float,
                        rule: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``strategy -> chosen point`` over the grid points of every run in ``results``
     (JSON results of the ``tune`` kind; each point judged against its own run's targets),
-    by :func:`choose`'s rule. The chosen point names its run (``"run"``)."""
+    by :func:`choose`'s rule. The chosen point names its run (``"run"``).
+
+    Points scored on more tuning seeds supersede those scored on fewer: a method tuned
+    again on several seeds is chosen among those points only. Objectives over different
+    sets of seeds are not comparable, and one seed's acceptance did not transfer to the
+    evaluation's seeds (E8a), which is why such a round is run."""
     pooled: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         for row in result.get("rows", []):
@@ -159,8 +180,10 @@ def choose_over_rounds(results: list[dict[str, Any]], tie: float,
                          for run, target in zip(runs, targets, strict=True))
                 pooled.setdefault(row["strategy"], []).append(
                     {**point, "target": row["target"], "run": result.get("name", "?"),
-                     "acceptable": ok})
-    return {label: choose(points, tie) for label, points in pooled.items()}
+                     "acceptable": ok, "n_seeds": len(runs)})
+    return {label: choose([p for p in points
+                           if p["n_seeds"] == max(q["n_seeds"] for q in points)], tie)
+            for label, points in pooled.items()}
 
 
 def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
@@ -213,11 +236,16 @@ def tune(ctx: Context) -> dict[str, Any]:
         scored: list[list[dict[str, Any]]] = []  # per seed, per grid point
         for seed, problem in problems.items():
             seeded = dataclasses.replace(ctx, seed=seed)
-            fitted = ctx.scratch / f"tune-fit-{label}-{seed}"
-            seeded.make(label, store=fitted).fit(problem.train).close()
+            fits: dict[str, Path] = {}  # one fit per distinct fit-time parameters
             scored.append([])
             for params in grid_points(grids[label]):
-                scored[-1].append(score_point(seeded, label, params, problem, fitted))
+                at_fit, on_open = split_fit_time(label, params)
+                key = repr(sorted(at_fit.items()))
+                if key not in fits:
+                    fits[key] = ctx.scratch / f"tune-fit-{label}-{seed}-{len(fits)}"
+                    seeded.make(label, store=fits[key], **at_fit).fit(problem.train).close()
+                scored[-1].append(score_point(seeded, label, params, problem, fits[key],
+                                              on_open))
                 ctx.log(f"  {label} {params} (seed {seed}): objective "
                         f"{100 * scored[-1][-1]['objective']:.2f}, "
                         f"time {100 * scored[-1][-1]['relative_time']:.1f} %")
