@@ -144,8 +144,8 @@ def test_points_on_more_tuning_seeds_supersede_one_seed_rounds():
 
 def test_a_grid_over_a_fit_time_parameter_fits_once_per_value(tmp_path):
     """Certified removal's ``l2`` and ``sigma`` are part of the training objective,
-    recorded in the store and fixed on open: the tuning fits a model per value (it failed with "cannot be changed
-    on open" when every point reopened one fitted store)."""
+    recorded in the store and fixed on open: the tuning fits a model per value (it failed
+    with "cannot be changed on open" when every point reopened one fitted store)."""
     from expunge.bench import spec_dir
     from expunge.bench._kinds_tune import split_fit_time
 
