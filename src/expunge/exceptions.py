@@ -115,6 +115,10 @@ class ApproximationWarning(ExpungeWarning):
     """An approximate computation is unreliable (solver did not converge, curvature not PD)."""
 
 
+class CostWarning(ExpungeWarning):
+    """A request costs as much as the exact alternative (retraining) or more."""
+
+
 class NondeterminismWarning(ExpungeWarning):
     """An exactness guarantee cannot hold bitwise in the current setting."""
 
@@ -123,6 +127,7 @@ __all__ = [
     "AlreadyForgottenError",
     "ApproximationWarning",
     "ConcurrentModificationError",
+    "CostWarning",
     "DatasetError",
     "ExpungeError",
     "ExpungeWarning",

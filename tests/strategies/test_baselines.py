@@ -4,6 +4,8 @@ the disk rule, and certified removal against the closed form of Guo et al. (2020
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from torch import nn
 
 import expunge
 from expunge.data import IndexedDataset
-from expunge.exceptions import DivergedError
+from expunge.exceptions import CostWarning, DivergedError
 from expunge.store import DirectoryStore
 from expunge.strategies.approximate.baselines import (
     BASELINES,
@@ -294,6 +296,27 @@ def test_a_model_whose_outputs_overflow_is_refused_too(small_digits, tmp_path, m
         strategy.forget(small_digits.ids[:5])
     assert strategy.fingerprint() == before and not strategy.ledger.entries("forget")
     strategy.close()
+
+
+def test_a_request_costlier_than_retraining_warns_and_says_its_cost(small_digits):
+    """Each request records its sample-passes over retraining's (``epochs * |D_r|``); at
+    1 or more it warns, naming the fix: the 60-epoch defaults misfit a 2-epoch recipe."""
+    ids = small_digits.ids[:10]
+    with pytest.warns(CostWarning, match="unlearn_epochs") as caught:
+        costly = make("finetune", unlearn_epochs=3.0).fit(small_digits)
+        costly.forget(ids)
+    # attributed to the caller's line (here conftest's autouse wrapper of every request)
+    assert not caught[0].filename.startswith(os.path.dirname(expunge.__file__))
+    fraction = costly.fitted_.info["last_request"]["retrain_fraction"]
+    assert fraction == pytest.approx(1.5, rel=0.05)  # 3 passes against 2 epochs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CostWarning)
+        cheap = make("finetune", unlearn_epochs=0.5).fit(small_digits)
+        report = cheap.forget(ids)
+    retraining = 2 * (len(small_digits) - len(ids))
+    assert cheap.fitted_.info["last_request"]["retrain_fraction"] == pytest.approx(
+        report.sample_passes / retraining)
+    assert 0.25 <= report.sample_passes / retraining < 0.3  # half a pass, whole batches
 
 
 def test_l1_sparse_shrinks_the_l1_norm(small_digits):

@@ -40,7 +40,9 @@ from torch import nn
 from expunge._hashing import derive_key, keyed_order, sha256_ids
 from expunge._progress import Progress
 from expunge._validation import Constraint, Interval, Options
+from expunge._warnings import warn_from_caller
 from expunge.data import IndexedDataset
+from expunge.exceptions import CostWarning
 from expunge.models import module_fingerprint
 from expunge.store import Store
 from expunge.strategies._params import COMMON_CONSTRAINTS
@@ -351,7 +353,8 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
         request.module.eval()
         # before anything is written
         require_finite(request.module, self.name, len(ids), request.forget.inputs())
-        details = {"method_seconds": time.perf_counter() - started, **outcome.details}
+        details = {"method_seconds": time.perf_counter() - started, **outcome.details,
+                   "retrain_fraction": self._retrain_fraction(outcome, len(retained))}
         new = PatchModel(
             request.module, extra=fitted.extra if outcome.extra is None else outcome.extra,
             caches=outcome.caches, info={**fitted.info, "last_request": details},
@@ -359,6 +362,24 @@ class PatchStrategy(TrainingRecipe, UnlearningStrategy):
         new.write(store)
         return new, ForgetStats(samples_retrained=outcome.samples_touched,
                                 sample_passes=outcome.sample_passes, details=details)
+
+    def _retrain_fraction(self, outcome: Outcome, n_retained: int) -> float | None:
+        """The request's sample-passes over those of retraining the retained data with the
+        recipe (``epochs * |D_r|``); warns when it is 1 or more. The defaults were tuned
+        on a 60-epoch recipe (docs/baselines.md): with a short recipe, fine-tuning's 7
+        epochs cost more than retraining, which is exact."""
+        retraining = n_retained * int(self.epochs)
+        if retraining <= 0:
+            return None
+        fraction = outcome.sample_passes / retraining
+        if fraction >= 1.0:
+            warn_from_caller(CostWarning(
+                f"{type(self).__name__}'s request made {outcome.sample_passes} sample-passes, "
+                f"{fraction:.2f}x retraining the {n_retained} retained samples for "
+                f"epochs={int(self.epochs)} ({retraining}); Retrain would be exact for "
+                f"less. Lower unlearn_epochs (its defaults were tuned for a 60-epoch "
+                f"recipe; docs/baselines.md) or use Retrain."))
+        return fraction
 
     @abstractmethod
     def _unlearn(self, request: Request) -> Outcome:

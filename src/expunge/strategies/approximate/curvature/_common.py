@@ -7,29 +7,21 @@ scope, so that it never sees module structure; :class:`FlatLayout` maps between 
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from expunge._warnings import warn_from_caller
 from expunge.exceptions import ApproximationWarning
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[3])
 
 
 def warn_approximation(message: str) -> None:
     """Emit an :class:`ApproximationWarning` attributed to the first caller outside expunge."""
-    frame = sys._getframe(1)
-    level = 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    warnings.warn(ApproximationWarning(message), stacklevel=level)
+    warn_from_caller(ApproximationWarning(message))
 
 
 @dataclass(frozen=True)
