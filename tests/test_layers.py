@@ -18,7 +18,8 @@ ROOT = Path(expunge.__file__).parent
 
 #: bottom to top; a node may import from its own layer (without a cycle) or below
 LAYERS: list[set[str]] = [
-    {"exceptions", "_hashing", "_imports", "_progress", "_validation", "_version"},
+    {"exceptions", "_hashing", "_imports", "_progress", "_validation", "_version",
+     "_warnings"},
     {"data", "models", "training", "recipe", "store", "export", "parallel"},
     {"strategies"},
     {"_open", "evaluation", "operations"},

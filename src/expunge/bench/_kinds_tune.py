@@ -93,9 +93,9 @@ def split_fit_time(label: str, params: dict[str, Any]
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``params`` as (those the fit records, those a reopened store may change).
 
-    A fit-time parameter (certified removal's ``l2``: the training objective) is recorded
-    in the store and cannot be changed on open, so grid points that differ in one need a
-    fit of their own; the others share one fitted store."""
+    A fit-time parameter (certified removal's ``l2`` and ``sigma``: the training
+    objective) is recorded in the store and cannot be changed on open, so grid points that
+    differ in one need a fit of their own; the others share one fitted store."""
     cls = expunge.get_strategy(label)
     changeable = set(cls._runtime_params) | set(cls._request_params)
     at_fit = {k: v for k, v in params.items() if k not in changeable}
