@@ -61,6 +61,13 @@ class StoreError(ExpungeError, OSError):
     """A store directory is missing, unreadable or not an expunge store."""
 
 
+class UnfinishedRewriteError(StoreError):
+    """A committed request's in-place rewrite of the training data failed (a disk error):
+    the request stands in the ledger, and the old files, which still hold the forgotten
+    rows, stay on disk until the rewrite is finished (the next request, or recovery on
+    ``expunge.open``)."""
+
+
 class StoreMismatchError(ExpungeError, ValueError):
     """A store was created with other parameters or data than the ones given now."""
 
@@ -141,6 +148,7 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
     "StrategyRegistrationError",
+    "UnfinishedRewriteError",
     "UnknownModelError",
     "UnknownSampleError",
     "UnknownStrategyError",

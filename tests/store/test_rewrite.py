@@ -258,3 +258,50 @@ def test_a_bucket_changed_after_the_handle_hashed_it_is_hashed_again(small_digit
     with pytest.raises(StoreIntegrityError, match="does not match the digest"):
         model.forget(second)
     model.close()
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_disk_error_after_the_commit_says_the_request_stands_and_is_finished_later(
+        small_digits, tmp_path, monkeypatch, failures):
+    """The rewrite runs after the commit: a disk error there cannot undo the request. One
+    failure is retried before the request returns; two leave it pending with an error that
+    says the request is committed (not "nothing was committed"), while the handle serves
+    the new state; the next request on the handle finishes it, with Retrain's bits."""
+    import errno
+
+    from expunge.exceptions import UnfinishedRewriteError
+    from expunge.store import _directory
+
+    path = tmp_path / "s"
+    model = expunge.Retrain(**PARAMS, store=path).fit(small_digits)
+    forgotten = small_digits.ids[[5, 6, 50, 120]]
+    original = _directory.apply_to_files
+    calls = {"n": 0}
+
+    def full_disk(moves):
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(moves)
+
+    monkeypatch.setattr(_directory, "apply_to_files", full_disk)
+    if failures == 1:
+        model.forget(forgotten)
+        assert calls["n"] == 2 and not model.store_.unfinished_rewrites
+    else:
+        with pytest.raises(UnfinishedRewriteError, match=r"Request #2 .* is committed") as err:
+            model.forget(forgotten)
+        assert "nothing was committed" not in str(err.value)
+        assert "No space left on device" in str(err.value)
+        assert model.store_.unfinished_rewrites and len(model.ledger) == 2
+        _same_data(model.training_data, small_digits.drop(forgotten))  # the new state
+        model.forget(small_digits.ids[[7]])  # finishes the rewrite first, then goes on
+        forgotten = np.append(forgotten, small_digits.ids[7])
+    assert model.verify() == len(model.ledger)
+    twin = expunge.Retrain(**PARAMS).fit(small_digits.drop(forgotten))
+    assert model.fingerprint() == twin.fingerprint()
+    model.close()
+    reopened = expunge.open(path)
+    _same_data(reopened.training_data, small_digits.drop(forgotten))
+    assert reopened.fingerprint() == twin.fingerprint()
+    reopened.close()

@@ -44,6 +44,7 @@ from expunge.exceptions import (
     StoreError,
     StoreIntegrityError,
     StoreLockedError,
+    UnfinishedRewriteError,
 )
 from expunge.store._blobs import Metadata, Tensors
 from expunge.store._fs import sqlite_errors
@@ -342,8 +343,31 @@ class Store(ABC):
             committed = self._commit_transaction(full_state, fields, expected)
             self._staged.clear()
             self._to_apply = rewrites
-            self._apply_rewrites()
+            # the request is committed whatever happens now: a failed rewrite stays pending
+            # (the caller installs the new state, and collect_garbage tries once more)
+            with contextlib.suppress(UnfinishedRewriteError):
+                self._apply_rewrites()
         return committed
+
+    @property
+    def unfinished_rewrites(self) -> bool:
+        """Whether a committed request's in-place rewrites are still to be applied."""
+        return bool(self._to_apply)
+
+    def pending_rewrite_sources(self) -> set[str]:
+        """The files a pending rewrite will overwrite and rename (none, normally)."""
+        return {rewrite.source for rewrite in self._to_apply}
+
+    def finish_rewrites(self) -> None:
+        """Apply a committed request's pending in-place rewrites (under the write lock).
+
+        Raises:
+            UnfinishedRewriteError: they failed again (nothing else changed).
+        """
+        self._require_write_lock("finishing a rewrite")
+        if self._to_apply:
+            with self._read_lock.hold(on_wait=None):
+                self._apply_rewrites()
 
     def _commit_transaction(self, full_state: dict[str, Any], fields: dict[str, Any],
                             expected: Head) -> LedgerEntry:
@@ -386,7 +410,21 @@ class Store(ABC):
         if self.write_hook is not None:
             for rewrite in rewrites:
                 self.write_hook("rewrite", rewrite.target)
-        self._apply_rewrites_now(rewrites)
+        try:
+            self._apply_rewrites_now(rewrites)
+        except OSError as err:  # a disk error: the work stays pending, the request stands
+            self._to_apply = rewrites
+            head = self.committed_head()
+            cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+            reason = cause.strerror or str(cause)
+            raise UnfinishedRewriteError(
+                f"Request #{head.seq} of the store {self.location!r} is committed (it is in "
+                f"the ledger and this handle serves its model), but overwriting the forgotten "
+                f"rows of {len(rewrites)} training-data file(s) in place failed ({reason}). Until "
+                "that is finished, the old files, which still hold the forgotten rows, stay "
+                "on disk. Fix the cause (free space, permissions), then run the next request "
+                f"on this handle or expunge.open({self.location!r}): either finishes it."
+            ) from err
         for rewrite in rewrites:
             self._known.pop(rewrite.source, None)
 

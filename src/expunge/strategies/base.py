@@ -715,6 +715,7 @@ class UnlearningStrategy(ABC):
         store = self.store_
         self._keyring_for(store).signing_key()  # a bad key fails before anything changes
         with store.writing(timeout=timeout, on_wait=self._lock_notice(), operation="forget"):
+            store.finish_rewrites()  # a previous request's, interrupted by a disk error
             self.reload()
             if request is None:  # resolved on the state this request will build on
                 request = parse_request(ids())  # type: ignore[operator]
@@ -839,6 +840,9 @@ class UnlearningStrategy(ABC):
         """
         self._require_fitted("verify")
         store = self.store_
+        if store.unfinished_rewrites:  # this handle's last request met a disk error
+            with store.writing(operation="verify"):
+                store.finish_rewrites()
         with store.snapshot():
             self.reload()
             count = verify_store(store)

@@ -119,7 +119,8 @@ def preview_forget(strategy: UnlearningStrategy, request: np.ndarray) -> ForgetP
     strategy._check_retained(retained)  # what forget refuses, the preview refuses
     original = strategy._data_key(store)
     new_data = set(training_data_blobs(retained.ids, original))
-    current = store.list_blobs()
+    # a previous request's pending rewrites (a disk error) are finished, not purged, by this one
+    current = store.list_blobs() - store.pending_rewrite_sources()
     entries = strategy.ledger.entries()
     if is_exact_engine(strategy):
         run = dry_forget(strategy, request, retained)
