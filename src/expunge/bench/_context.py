@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -63,6 +64,9 @@ class Context:
         copy = Path(tempfile.mkdtemp(dir=self.scratch, prefix="copy-"))
         shutil.rmtree(copy)
         shutil.copytree(path, copy)
+        # a store at rest, as fit leaves it: otherwise a request's first fsync pays for
+        # flushing the copy (E4 measured PUMA's 1 % batch at 0.74 s for 0.48 s synced)
+        os.sync()
         runtime = {**self._runtime_overrides(label, overrides), **(reopen or {})}
         return expunge.open(copy, **runtime), seconds
 
