@@ -287,13 +287,13 @@ def test_a_disk_error_after_the_commit_says_the_request_stands_and_is_finished_l
     monkeypatch.setattr(_directory, "apply_to_files", full_disk)
     if failures == 1:
         model.forget(forgotten)
-        assert calls["n"] == 2 and not model.store_.unfinished_rewrites
+        assert calls["n"] == 2 and not model.store_.pending_rewrite_sources()
     else:
         with pytest.raises(UnfinishedRewriteError, match=r"Request #2 .* is committed") as err:
             model.forget(forgotten)
         assert "nothing was committed" not in str(err.value)
         assert "No space left on device" in str(err.value)
-        assert model.store_.unfinished_rewrites and len(model.ledger) == 2
+        assert model.store_.pending_rewrite_sources() and len(model.ledger) == 2
         _same_data(model.training_data, small_digits.drop(forgotten))  # the new state
         model.forget(small_digits.ids[[7]])  # finishes the rewrite first, then goes on
         forgotten = np.append(forgotten, small_digits.ids[7])

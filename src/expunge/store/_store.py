@@ -349,13 +349,9 @@ class Store(ABC):
                 self._apply_rewrites()
         return committed
 
-    @property
-    def unfinished_rewrites(self) -> bool:
-        """Whether a committed request's in-place rewrites are still to be applied."""
-        return bool(self._to_apply)
-
     def pending_rewrite_sources(self) -> set[str]:
-        """The files a pending rewrite will overwrite and rename (none, normally)."""
+        """The files a committed request's pending rewrite will overwrite and rename (none,
+        unless a disk error interrupted it: :meth:`finish_rewrites`)."""
         return {rewrite.source for rewrite in self._to_apply}
 
     def finish_rewrites(self) -> None:

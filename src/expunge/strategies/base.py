@@ -828,7 +828,8 @@ class UnlearningStrategy(ABC):
         store's genesis, starting with its ``fit``; the head anchored in the state; the last
         entry's state digest; every live file re-hashed against its committed digest; the
         live model against the last entry's fingerprint; and the retained training data
-        against the fit's ids minus the forgotten ones. Reads only; names the first failure.
+        against the fit's ids minus the forgotten ones. Reads only (after finishing the
+        in-place rewrite of a request a disk error interrupted); names the first failure.
 
         Cost: one keyed SHA-256 pass over the store's live files plus a fingerprint of the
         model: 0.6 s for a SISA store of full MNIST (184 MB), 0.45 s of it hashing
@@ -840,7 +841,7 @@ class UnlearningStrategy(ABC):
         """
         self._require_fitted("verify")
         store = self.store_
-        if store.unfinished_rewrites:  # this handle's last request met a disk error
+        if store.pending_rewrite_sources():  # this handle's last request met a disk error
             with store.writing(operation="verify"):
                 store.finish_rewrites()
         with store.snapshot():
