@@ -293,6 +293,7 @@ def test_a_disk_error_after_the_commit_says_the_request_stands_and_is_finished_l
             model.forget(forgotten)
         assert "nothing was committed" not in str(err.value)
         assert "No space left on device" in str(err.value)
+        assert model.receipt(2)["ids"] == sorted(forgotten.tolist())  # signed all the same
         assert model.store_.pending_rewrite_sources() and len(model.ledger) == 2
         _same_data(model.training_data, small_digits.drop(forgotten))  # the new state
         model.forget(small_digits.ids[[7]])  # finishes the rewrite first, then goes on

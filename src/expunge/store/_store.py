@@ -415,7 +415,8 @@ class Store(ABC):
             reason = cause.strerror or str(cause)
             raise UnfinishedRewriteError(
                 f"Request #{head.seq} of the store {self.location!r} is committed (it is in "
-                f"the ledger and this handle serves its model), but overwriting the forgotten "
+                f"the ledger, this handle serves its model, and receipt({head.seq}) signs "
+                f"it), but overwriting the forgotten "
                 f"rows of {len(rewrites)} training-data file(s) in place failed ({reason}). Until "
                 "that is finished, the old files, which still hold the forgotten rows, stay "
                 "on disk. Fix the cause (free space, permissions), then run the next request "
