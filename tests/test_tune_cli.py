@@ -26,7 +26,7 @@ def test_tune_refuses_a_spec_of_another_kind(tmp_path, capsys):
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "full"
 ROUNDS = [RESULTS / f"{name}.json" for name in
           ("tune_baselines", "tune_baselines_round2", "tune_baselines_round3",
-           "tune_baselines_round4", "tune_baselines_round5")]
+           "tune_baselines_round4", "tune_baselines_round5", "tune_baselines_round6")]
 
 
 def test_the_shipped_defaults_are_the_points_the_protocol_chooses(capsys):
