@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import expunge
 from expunge.data import load_dataset, random_forget_ids
 
@@ -43,8 +41,7 @@ def main() -> None:
             shutil.copytree(fitted, copy)
             strategy = expunge.open(copy, **params)
             strategy.forget(ids)
-            predicted = np.asarray(strategy.predict_proba(test.inputs())).argmax(1)
-            accuracy = float((predicted == np.asarray(test.y)).mean())
+            accuracy = strategy.score(test)
             print(f"{params or 'defaults'}: test accuracy {100 * accuracy:.2f} %")
             strategy.close()
 

@@ -181,9 +181,11 @@ def choose_over_rounds(results: list[dict[str, Any]], tie: float,
                 pooled.setdefault(row["strategy"], []).append(
                     {**point, "target": row["target"], "run": result.get("name", "?"),
                      "acceptable": ok, "n_seeds": len(runs)})
-    return {label: choose([p for p in points
-                           if p["n_seeds"] == max(q["n_seeds"] for q in points)], tie)
-            for label, points in pooled.items()}
+    chosen = {}
+    for label, points in pooled.items():
+        most = max(p["n_seeds"] for p in points)
+        chosen[label] = choose([p for p in points if p["n_seeds"] == most], tie)
+    return chosen
 
 
 def _plot_tuning(rows: list[dict[str, Any]], spec: dict[str, Any], path: Path,
